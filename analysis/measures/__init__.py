@@ -1,1 +1,43 @@
-"""unisweep package."""
+"""Representational-similarity and prediction-agreement measures (registry + all-pairs engine).
+
+    from analysis.measures import MEASURES, compare, pairwise, orient
+    compare("linear_cka", A, B)                      # A (N, Da), B (N, Db) float
+    pairwise("knn_jaccard", [A, B, C], k=10)         # (3, 3) float64
+    compare("error_consistency", ya, yb, labels=y)   # predicted labels (N,) int
+
+See docs/measures.md for the table of measures, their direction, range and invariances.
+"""
+
+from __future__ import annotations
+
+from . import agreement, cca, cka, divergence, gulp, knn, procrustes, rsa, rtd, stats  # noqa: F401 (registers)
+from ._base import (
+    INVARIANCES,
+    MEASURES,
+    Measure,
+    MeasureInputError,
+    Param,
+    compare,
+    get_measure,
+    orient,
+    pairwise,
+    register_measure,
+)
+from .agreement import FortBounds, ambiguity, discrepancy, fort_bounds
+
+__all__ = [
+    "INVARIANCES",
+    "MEASURES",
+    "FortBounds",
+    "Measure",
+    "MeasureInputError",
+    "Param",
+    "ambiguity",
+    "compare",
+    "discrepancy",
+    "fort_bounds",
+    "get_measure",
+    "orient",
+    "pairwise",
+    "register_measure",
+]

@@ -1,0 +1,381 @@
+"""Measure registry, calling contract and input validation.
+
+Every similarity / agreement measure is one `Measure` instance in `MEASURES`, keyed by a stable
+string name (it ends up in result tables). A measure compares two inputs over the same N samples
+in three steps, so that all-pairs work touches each model's data once:
+
+    state = measure.prepare(A, **params)            # per model: picklable dict of numpy arrays
+    value = measure.compare_states(sa, sb, **params)
+    block = measure.pairwise_block(states, **params)  # (M, M) in one vectorised pass, or None
+
+`compare(name, A, B)` and `pairwise(name, items)` are the convenience entry points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+Kind = Literal["representational", "functional"]
+InputKind = Literal["features", "labels", "probs"]
+
+#: The invariance vocabulary. Each name is a transformation T applied to ONE input
+#: (measure(A, T(B)) == measure(A, B), and likewise for A), except `class_relabel`, which applies
+#: the same class permutation to both inputs (and to `labels=`).
+INVARIANCES = frozenset(
+    {
+        "orthogonal",  # B -> B @ Q, Q orthogonal (D x D)
+        "isotropic_scale",  # B -> c * B, c > 0
+        "translation",  # B -> B + v (same v for every row)
+        "permutation",  # B -> B[:, perm] (feature order)
+        "invertible_linear",  # B -> B @ W, W invertible
+        "class_relabel",  # both inputs: class c -> perm[c]
+    }
+)
+
+# Probability rows must sum to 1 within this tolerance (float32 softmax over 1000 classes is ~1e-6).
+PROB_SUM_TOL = 1e-3
+
+
+class MeasureInputError(ValueError):
+    """Bad input to a measure: wrong shape, dtype, non-finite values, unknown or invalid params."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared measure parameter.
+
+    Attributes:
+        default: value used when the caller omits it (None for `labels`, which is then required
+            when `required` is True).
+        allowed: human-readable description of allowed values, used in error messages.
+        check: predicate on a value; False -> MeasureInputError.
+        required: the caller must pass it (only `labels`).
+    """
+
+    default: Any
+    allowed: str
+    check: Callable[[Any], bool]
+    required: bool = False
+
+
+def choice(default: str, *options: str) -> Param:
+    """A closed-set string parameter."""
+    return Param(default, f"one of {list(options)}", lambda v: v in options)
+
+
+def positive_int(default: int) -> Param:
+    return Param(default, "an int >= 1", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1)
+
+
+def real(default: float, *, lo: float, lo_open: bool = False, hi: float = math.inf) -> Param:
+    op = ">" if lo_open else ">="
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            return False
+        v = float(v)
+        return math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+
+    return Param(default, f"a finite number {op} {lo}" + (f" and <= {hi}" if hi < math.inf else ""), ok)
+
+
+LABELS = Param(None, "a 1-D integer array of ground-truth labels, one per sample", lambda v: True, required=True)
+
+
+def _to_numpy(A: Any) -> np.ndarray:
+    if hasattr(A, "detach"):  # torch.Tensor, without importing torch
+        A = A.detach().cpu().numpy()
+    return np.asarray(A)
+
+
+def _check_finite(X: np.ndarray, what: str) -> None:
+    if not np.isfinite(X).all():
+        bad = int(X.size - np.count_nonzero(np.isfinite(X)))
+        raise MeasureInputError(f"{what} contains {bad} NaN/inf values; measures need finite inputs")
+
+
+class Measure:
+    """A registered measure: metadata plus prepare / compare_states / pairwise_block.
+
+    Subclasses implement `_prepare(X, p)`, `_compare(sa, sb, p)` and optionally `_block(states, p)`;
+    the public methods validate inputs and parameters around them. `p` is the resolved parameter
+    dict (defaults filled in, `labels` validated).
+    """
+
+    #: Smallest N the measure is defined for (debiased HSIC needs 4).
+    min_n: int = 2
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: Kind,
+        input: InputKind,
+        higher_is_more_similar: bool,
+        symmetric: bool,
+        self_value: float,
+        range: tuple[float, float],
+        invariances: Sequence[str],
+        params: Mapping[str, Param],
+        reference: str,
+        formula: str,
+        cost: str,
+        variant: str | None = None,
+    ) -> None:
+        unknown = set(invariances) - INVARIANCES
+        if unknown:
+            raise ValueError(f"measure {name!r}: unknown invariances {sorted(unknown)}; known: {sorted(INVARIANCES)}")
+        self.name = name
+        self.kind = kind
+        self.input = input
+        self.higher_is_more_similar = higher_is_more_similar
+        self.symmetric = symmetric
+        self.self_value = float(self_value)
+        self.range = (float(range[0]), float(range[1]))
+        self.invariances = frozenset(invariances)
+        self.params = dict(params)
+        self.reference = reference
+        self.formula = formula
+        self.cost = cost
+        self.variant = variant
+
+    def __repr__(self) -> str:
+        return f"<Measure {self.name} ({self.kind}, {self.input})>"
+
+    # ------------------------------------------------------------------ validation
+    def resolve_params(self, params: Mapping[str, Any], n: int | None = None) -> dict[str, Any]:
+        """Fill defaults, reject unknown names and invalid values.
+
+        Args:
+            params: caller's keyword parameters.
+            n: number of samples, when known (checks `labels` length and kNN-style `k < n`).
+
+        Returns:
+            dict with every declared parameter.
+        """
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise MeasureInputError(
+                f"measure {self.name!r}: unknown parameter(s) {unknown}; allowed: {sorted(self.params) or 'none'}"
+            )
+        out: dict[str, Any] = {}
+        for key, spec in self.params.items():
+            value = params.get(key, spec.default)
+            if key == "labels":
+                if value is None:
+                    raise MeasureInputError(f"measure {self.name!r} needs labels=: {spec.allowed}")
+                value = self._validate_labels_param(value, n)
+            elif not spec.check(value):
+                raise MeasureInputError(f"measure {self.name!r}: {key}={value!r} is invalid; allowed: {spec.allowed}")
+            out[key] = value
+        self._check_params(out, n)
+        return out
+
+    def _check_params(self, p: dict[str, Any], n: int | None) -> None:
+        """Cross-parameter checks that need N (e.g. k < N); subclasses override."""
+
+    def _validate_labels_param(self, y: Any, n: int | None) -> np.ndarray:
+        y = _to_numpy(y)
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise MeasureInputError(
+                f"measure {self.name!r}: labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}"
+            )
+        if n is not None and y.shape[0] != n:
+            raise MeasureInputError(f"measure {self.name!r}: labels has {y.shape[0]} entries but the inputs have N={n}")
+        if y.size and y.min() < 0:
+            raise MeasureInputError(f"measure {self.name!r}: labels must be >= 0, got min {int(y.min())}")
+        return y
+
+    def validate(self, A: Any, what: str = "A") -> np.ndarray:
+        """Check one input against the declared input kind; returns it as a numpy array (no copy)."""
+        A = _to_numpy(A)
+        if self.input == "features":
+            if A.ndim != 2:
+                raise MeasureInputError(f"{self.name}: {what} must be 2-D features (N, D), got shape {A.shape}")
+            if not np.issubdtype(A.dtype, np.floating):
+                raise MeasureInputError(f"{self.name}: {what} must be a float array (N, D), got dtype {A.dtype}")
+            if A.shape[1] < 1:
+                raise MeasureInputError(f"{self.name}: {what} has no feature columns, shape {A.shape}")
+            _check_finite(A, f"{self.name}: {what}")
+        elif self.input == "labels":
+            if A.ndim != 1 or not np.issubdtype(A.dtype, np.integer):
+                raise MeasureInputError(
+                    f"{self.name}: {what} must be 1-D integer predicted labels (N,), got shape {A.shape} dtype "
+                    f"{A.dtype} (take argmax of probabilities first)"
+                )
+            if A.size and A.min() < 0:
+                raise MeasureInputError(f"{self.name}: {what} labels must be >= 0, got min {int(A.min())}")
+        elif self.input == "probs":
+            if A.ndim != 2 or not np.issubdtype(A.dtype, np.floating):
+                raise MeasureInputError(
+                    f"{self.name}: {what} must be a 2-D float array of probabilities (N, C), got shape {A.shape} "
+                    f"dtype {A.dtype}"
+                )
+            _check_finite(A, f"{self.name}: {what}")
+            row_sums = A.sum(axis=1, dtype=np.float64)
+            if A.size and (A.min() < 0 or np.abs(row_sums - 1.0).max() > PROB_SUM_TOL):
+                raise MeasureInputError(
+                    f"{self.name}: {what} rows must be probabilities (>= 0, summing to 1 within {PROB_SUM_TOL}); "
+                    f"got min {float(A.min()):.3g}, row sums in [{row_sums.min():.4g}, {row_sums.max():.4g}] "
+                    "-- pass softmax(logits), not logits"
+                )
+        else:  # pragma: no cover - closed set, guarded at registration
+            raise AssertionError(f"unknown input kind {self.input!r}")
+        if A.shape[0] < self.min_n:
+            raise MeasureInputError(f"{self.name}: {what} has N={A.shape[0]} samples; needs at least {self.min_n}")
+        return A
+
+    def _state_key(self, p: Mapping[str, Any]) -> str:
+        """Fingerprint of (measure, params) stored in every state, so mismatched states are caught."""
+        parts = []
+        for key in sorted(p):
+            value = p[key]
+            if isinstance(value, np.ndarray):
+                value = hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()[:12]
+            parts.append(f"{key}={value!r}")
+        return f"{self.name}({','.join(parts)})"
+
+    # ------------------------------------------------------------------ public contract
+    def prepare(self, A: Any, **params: Any) -> dict[str, Any]:
+        """Validate one input and compute its per-model state.
+
+        Args:
+            A: features (N, D) float, labels (N,) int or probs (N, C) float, per `self.input`.
+            **params: the measure's parameters (see `self.params`).
+
+        Returns:
+            Picklable dict of numpy arrays and scalars; always holds `n` and `key`.
+        """
+        A = self.validate(A)
+        p = self.resolve_params(params, A.shape[0])
+        state = self._prepare(A, p)
+        state["n"] = int(A.shape[0])
+        state["key"] = self._state_key(p)
+        return state
+
+    def _check_states(self, states: Sequence[Mapping[str, Any]], p: Mapping[str, Any]) -> None:
+        key = self._state_key(p)
+        for i, s in enumerate(states):
+            if not isinstance(s, Mapping) or "key" not in s or "n" not in s:
+                raise MeasureInputError(f"{self.name}: state {i} is not a prepared state (use Measure.prepare)")
+            if s["key"] != key:
+                raise MeasureInputError(f"{self.name}: state {i} was prepared as {s['key']}, but compared as {key}")
+        ns = sorted({int(s["n"]) for s in states})
+        if len(ns) > 1:
+            raise MeasureInputError(f"{self.name}: inputs have different numbers of samples N: {ns}; rows must align")
+
+    def compare_states(self, sa: Mapping[str, Any], sb: Mapping[str, Any], **params: Any) -> float:
+        """Value of the measure from two prepared states (same params as at prepare time)."""
+        p = self.resolve_params(params, int(sa.get("n", 0)) or None)
+        self._check_states([sa, sb], p)
+        return float(self._compare(sa, sb, p))
+
+    def pairwise_block(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray | None:
+        """All (M, M) values in one vectorised pass, or None where the math gives no shortcut."""
+        if not states:
+            return np.zeros((0, 0))
+        p = self.resolve_params(params, int(states[0].get("n", 0)) or None)
+        self._check_states(states, p)
+        block = self._block(states, p)
+        return None if block is None else np.asarray(block, dtype=np.float64)
+
+    def pairwise_states(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray:
+        """(M, M) matrix from prepared states: the block path if any, else pair by pair.
+
+        Entry (i, j) is measure(items[i], items[j]); both orders are computed for asymmetric
+        measures, one for symmetric ones. The diagonal is computed, never assumed.
+        """
+        block = self.pairwise_block(states, **params)
+        if block is not None:
+            return block
+        m = len(states)
+        out = np.empty((m, m))
+        for i in range(m):
+            for j in range(i if self.symmetric else 0, m):
+                out[i, j] = self.compare_states(states[i], states[j], **params)
+                if self.symmetric:
+                    out[j, i] = out[i, j]
+        return out
+
+    def compare(self, A: Any, B: Any, **params: Any) -> float:
+        """measure(A, B) for two inputs over the same N samples."""
+        A = self.validate(A, "A")
+        B = self.validate(B, "B")
+        if A.shape[0] != B.shape[0]:
+            raise MeasureInputError(
+                f"{self.name}: A and B must have the same number of samples (rows); got A {A.shape}, B {B.shape}"
+            )
+        return self.compare_states(self.prepare(A, **params), self.prepare(B, **params), **params)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _prepare(self, X: np.ndarray, p: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _compare(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    def _block(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        return None
+
+
+MEASURES: dict[str, Measure] = {}
+
+
+def register_measure(name: str, **meta: Any) -> Callable[[type[Measure]], type[Measure]]:
+    """Class decorator: instantiate `cls(name=name, **meta)` into `MEASURES[name]`.
+
+    The same class may be registered under several names with different metadata (e.g. `variant`);
+    a name can be registered only once.
+    """
+
+    def deco(cls: type[Measure]) -> type[Measure]:
+        if name in MEASURES:
+            raise ValueError(f"measure name {name!r} is already registered (by {type(MEASURES[name]).__name__})")
+        MEASURES[name] = cls(name=name, **meta)
+        return cls
+
+    return deco
+
+
+def get_measure(name: str) -> Measure:
+    """The registered measure called `name`; unknown names list the known ones."""
+    try:
+        return MEASURES[name]
+    except (KeyError, TypeError):
+        raise MeasureInputError(f"unknown measure {name!r}; known: {sorted(MEASURES)}") from None
+
+
+def compare(name: str, A: Any, B: Any, **params: Any) -> float:
+    """Value of measure `name` between A and B (see `Measure.compare`)."""
+    return get_measure(name).compare(A, B, **params)
+
+
+def pairwise(name: str, items: Sequence[Any], **params: Any) -> np.ndarray:
+    """(M, M) matrix of measure `name` over M inputs; each input is prepared once.
+
+    Args:
+        name: registered measure name.
+        items: M inputs of the measure's input kind, all with the same N.
+        **params: measure parameters.
+
+    Returns:
+        float64 (M, M); entry (i, j) = compare(name, items[i], items[j], **params).
+    """
+    measure = get_measure(name)
+    items = list(items)
+    ns = sorted({int(_to_numpy(x).shape[0]) if _to_numpy(x).ndim else -1 for x in items})
+    if len(ns) > 1:
+        raise MeasureInputError(f"{name}: items have different numbers of samples N: {ns}; rows must align")
+    states = [measure.prepare(x, **params) for x in items]
+    return measure.pairwise_states(states, **params)
+
+
+def orient(name: str, value: Any) -> Any:
+    """Value turned so that higher = more similar (distances are negated); works on arrays."""
+    return value if get_measure(name).higher_is_more_similar else -value

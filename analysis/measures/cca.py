@@ -1,0 +1,89 @@
+"""CCA-based similarities: SVCCA and PWCCA.
+
+Canonical correlations of centred X, Y are the singular values of U_X^T U_Y, where U are
+orthonormal bases of the column spaces (thin SVD; directions with singular value below
+`RANK_TOL` x the largest are dropped as numerically null).
+
+* SVCCA (Raghu et al. 2017, NeurIPS): keep the top singular directions of each representation
+  explaining a fraction `keep` of its variance, then average the canonical correlations.
+* PWCCA (Morcos et al. 2018, "Insights on representational similarity in neural networks with
+  canonical correlation", NeurIPS): canonical correlations weighted by how much of the FIRST
+  representation each canonical variate h_i accounts for, alpha_i = sum_j |<h_i, x_j>| over
+  X's neurons x_j. Asymmetric; not invariant to rotations of X (the |.| is per neuron).
+
+With Da + Db >= N the canonical correlations go to 1 trivially; use N well above Da + Db.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._base import Measure, real, register_measure
+from ._linalg import centred
+
+RANK_TOL = 1e-10
+
+
+def _basis(X: np.ndarray, keep: float | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal basis U (N, r) of centred X and R = S V^T (r, D), so X = U R."""
+    Xc = centred(X, name=name)
+    U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+    r = int(np.count_nonzero(S > RANK_TOL * S[0]))
+    if keep is not None:
+        var = S[:r] ** 2
+        # smallest r' whose leading directions explain >= keep of the variance
+        r = min(r, int(np.searchsorted(np.cumsum(var) / var.sum(), keep - 1e-12)) + 1)
+    return U[:, :r], S[:r, None] * Vt[:r]
+
+
+@register_measure(
+    "svcca",
+    kind="representational",
+    input="features",
+    higher_is_more_similar=True,
+    symmetric=True,
+    self_value=1.0,
+    range=(0.0, 1.0),
+    invariances=("orthogonal", "isotropic_scale", "translation", "permutation"),
+    params={"keep": real(0.99, lo=0.0, lo_open=True, hi=1.0)},
+    reference="Raghu et al. 2017, SVCCA (NeurIPS)",
+    formula="mean of the canonical correlations between the top-variance SVD subspaces (fraction `keep`)",
+    cost="O(N D min(N,D)) per model, O(N ra rb) per pair",
+    variant="svcca",
+)
+@register_measure(
+    "pwcca",
+    kind="representational",
+    input="features",
+    higher_is_more_similar=True,
+    symmetric=False,
+    self_value=1.0,
+    range=(0.0, 1.0),
+    invariances=("isotropic_scale", "translation", "permutation"),
+    params={},
+    reference="Morcos et al. 2018, Insights on representational similarity ... canonical correlation (NeurIPS)",
+    formula="sum_i alpha_i rho_i / sum_i alpha_i, alpha_i = sum_j |<h_i, x_j>| (h_i: canonical variates of X)",
+    cost="O(N D min(N,D)) per model, O(N ra rb + ra rb D) per pair",
+    variant="pwcca",
+)
+class CCA(Measure):
+    """SVCCA (`svcca`) and projection-weighted CCA (`pwcca`)."""
+
+    def _prepare(self, X: np.ndarray, p: dict[str, Any]) -> dict[str, Any]:
+        U, R = _basis(X, p.get("keep"), self.name)
+        state: dict[str, Any] = {"U": U}
+        if self.variant == "pwcca":
+            state["R"] = R
+        return state
+
+    def _compare(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
+        P, rho, _ = np.linalg.svd(sa["U"].T @ sb["U"], full_matrices=False)  # P (ra, r), rho (r,)
+        rho = np.clip(rho, 0.0, 1.0)
+        if self.variant == "svcca":
+            return float(rho.mean())
+        # <h_i, x_j> for canonical variate h_i = U_a P[:, i] and neuron x_j = U_a R[:, j]
+        alpha = np.abs(P.T @ sa["R"]).sum(axis=1)  # (r,)
+        return float(alpha @ rho / alpha.sum())

@@ -1,0 +1,1 @@
+"""unisweep benchmarks: each module ``bench_*.py`` exposes ``run(quick=False) -> list[dict]``."""
