@@ -10,7 +10,7 @@ NAME ?= $(SWEEP)
 UI_PORT ?= 5000
 export UNISWEEP_HOME ?= $(CURDIR)
 
-.PHONY: setup test test-fast demo sweep resume status analyze report reproduce ui bench \
+.PHONY: setup system-deps test test-fast demo sweep resume status analyze report reproduce ui bench \
         cluster-up cluster-submit cluster-down clean
 
 setup: $(STAMP)
@@ -22,7 +22,11 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 	@echo "setup: $(VENV) is ready"
 
-test: setup
+# Debian packages the integration tests need (PostgreSQL server; Chromium with WITH_CHROMIUM=1).
+system-deps:
+	@scripts/ci_system_deps.sh $(if $(filter 1,$(WITH_CHROMIUM)),--with-chromium)
+
+test: setup system-deps
 	$(PY) -m pytest -q tests
 
 test-fast: setup
