@@ -1,0 +1,120 @@
+"""``python -m analysis run SWEEP`` / ``python -m analysis report SWEEP``.
+
+User errors (unknown sweep, unknown measure, bad actors count, ...) print one line and exit 2,
+without a traceback. Progress goes to stderr; the final lines say where the report is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from trainables.errors import UserError
+
+__all__ = ["main"]
+
+
+class _Progress:
+    """One progress line per stage: ``pairs 120/450 (26.7%, 41.2/s)``, redrawn in place on a
+    terminal, printed at most every 5 s otherwise (logs of a batch job stay short)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty = stream, stream.isatty()
+        self.start: dict[str, float] = {}
+        self.last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        t0 = self.start.setdefault(stage, now)
+        final = done >= total
+        if not (self.tty or final or now - self.last >= 5.0):
+            return
+        self.last = now
+        rate = done / max(now - t0, 1e-9)
+        line = f"{stage} {done}/{total} ({100 * done / max(total, 1):.1f}%, {rate:.1f}/s)"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis",
+                                description="All-pairs similarity analysis of a sweep.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="compute the missing pair results of a sweep")
+    run.add_argument("sweep")
+    run.add_argument("--measures", nargs="+", default=None,
+                     help="measure specs name[:key=value...], space or comma separated "
+                          "(default: the paper's set + linear_cka)")
+    run.add_argument("--actors", type=int, default=2,
+                     help="Ray actors for the pair engine (0 = serial, no Ray); default 2")
+    run.add_argument("--input-sets", default="clean",
+                     help="comma separated: clean, adv (per model), adv_shared; default clean")
+    run.add_argument("--tracking-uri", default=None)
+    run.add_argument("--data-root", default=None)
+    run.add_argument("--eval-size", type=int, default=None)
+    run.add_argument("--data-seed", type=int, default=None)
+    run.add_argument("--retry-errors", action="store_true",
+                     help="recompute pairs stored with status=error")
+    run.add_argument("--no-report", action="store_true", help="skip building the report")
+    rep = sub.add_parser("report", help="figures + HTML report from the stored table")
+    rep.add_argument("sweep")
+    rep.add_argument("--tracking-uri", default=None)
+    return p
+
+
+def _measures(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [m for v in values for m in v.split(",") if m.strip()]
+
+
+def _run(args) -> None:
+    from analysis.pipeline import run_analysis, run_report
+
+    progress = _Progress()
+    res = run_analysis(args.sweep, tracking_uri=args.tracking_uri,
+                       measures=_measures(args.measures), actors=args.actors,
+                       input_sets=[s.strip() for s in args.input_sets.split(",") if s.strip()],
+                       data_root=args.data_root, eval_size=args.eval_size,
+                       data_seed=args.data_seed, retry_errors=args.retry_errors,
+                       progress=progress)
+    print(f"analysed {len(res.models)} models of sweep {res.sweep!r}: {res.new_rows} new pair "
+          f"results ({res.total_rows} stored, {res.error_rows} errors) in {res.wall_s:.1f} s")
+    for key, why in res.skipped.items():
+        print(f"  skipped {why} [{key}]")
+    print(f"table: {res.pairs_path}")
+    if not args.no_report:
+        html = run_report(args.sweep, tracking_uri=args.tracking_uri)
+        print(f"report: {html}")
+    print("browse runs and report artifacts with: make ui")
+
+
+def _report(args) -> None:
+    from analysis.pipeline import run_report
+
+    html = run_report(args.sweep, tracking_uri=args.tracking_uri)
+    print(f"report: {html}")
+    print("browse runs and report artifacts with: make ui")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    from analysis.measures import MeasureInputError
+
+    try:
+        (_run if args.cmd == "run" else _report)(args)
+    except (UserError, MeasureInputError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        print(f"error: {'; '.join(lines) or type(exc).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

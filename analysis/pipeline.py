@@ -1,0 +1,303 @@
+"""``run_analysis`` / ``run_report``: the analysis of one sweep, end to end (used by the CLI and
+by ``sweeps``' demo).
+
+run_analysis: discover the sweep's finished models in MLflow -> load each dataset's fixed eval
+set (refusing models evaluated on other inputs) -> build the input sets and every model's
+artifacts once (Ray tasks, cached) -> plan the pairs not yet in ``pairs.parquet`` -> compute
+them (serial or Ray actors) -> append to the table -> log everything to the sweep's analysis
+run in MLflow (tag ``unisweep.role=analysis``, child of the sweep's run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from analysis.extract import ArtifactCache, EvalSet, extract_all, load_eval_set, make_input_set
+from analysis.models import Discovery, ModelRef, discover_models, models_frame
+from analysis.pairwise import DEFAULT_MEASURES, MeasureSpec, make_engine, parse_measure, plan_pairs
+from analysis.store import ResultStore
+from trainables import tracking as tr
+from trainables.errors import ConfigError, DataError, UserError
+
+__all__ = ["AnalysisResult", "run_analysis", "run_report", "report_dir", "resolve_tracking_uri"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What ``run_analysis`` did, and where its outputs are."""
+
+    sweep: str
+    report_dir: Path
+    pairs_path: Path
+    models: tuple[ModelRef, ...]
+    skipped: dict[str, str]  # run id (or set:run id) -> reason
+    new_rows: int
+    total_rows: int
+    error_rows: int
+    wall_s: float
+    analysis_run_id: str | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_tracking_uri(tracking_uri: str | None, home: str | os.PathLike | None = None) -> str:
+    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///$UNISWEEP_HOME/mlflow.db``."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tr.default_paths(home).tracking_uri
+
+
+def report_dir(sweep: str, home: str | os.PathLike | None = None) -> Path:
+    """``$UNISWEEP_HOME/reports/<sweep>`` (absolute)."""
+    return tr.default_paths(home).reports / sweep
+
+
+def _param(ref: ModelRef, suffix: str) -> str | None:
+    for key, value in ref.params.items():
+        if key == suffix or key.endswith("." + suffix):
+            return None if value in ("None", "") else value
+    return None
+
+
+def _load_bases(models: Sequence[ModelRef], *, data_root: str | None, eval_size: int | None,
+                data_seed: int | None) -> dict[str, EvalSet]:
+    """Each dataset's eval set, matching the hash most of its models were evaluated on."""
+    bases = {}
+    for dataset in sorted({m.dataset for m in models}):
+        group = [m for m in models if m.dataset == dataset]
+        expected, _ = Counter(m.data_hash for m in group).most_common(1)[0]
+        first = next(m for m in group if m.data_hash == expected)
+        root = data_root or _param(first, "data_root") or _param(first, "root")
+        size = eval_size if eval_size is not None else _param(first, "eval_size")
+        seed = data_seed if data_seed is not None else _param(first, "eval_seed")
+        base = load_eval_set(dataset, root=root, eval_size=None if size is None else int(size),
+                             seed=0 if seed is None else int(seed))
+        if base.hash != expected:
+            raise DataError(
+                f"the {dataset} eval set (root={root}, eval_size={size}, seed={seed or 0}) has hash "
+                f"{base.hash[:16]}..., but the sweep's models were evaluated on "
+                f"{expected[:16]}...; pass --data-root/--eval-size/--data-seed matching the sweep"
+            )
+        bases[dataset] = base
+    return bases
+
+
+def _ensure_ray(actors: int) -> bool:
+    """Start a local Ray if the engine needs one and none runs; True if we started it."""
+    if actors == 0:
+        return False
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _analysis_run(client, sweep: str, experiment_id: str) -> str:
+    """The sweep's analysis run (reused across re-runs), child of the sweep's parent run."""
+    runs = tr.search_sweep_runs(client, experiment_id, sweep=sweep, role="analysis")
+    if runs:
+        return runs[-1].info.run_id
+    tags = {tr.TAG_SWEEP: sweep, tr.TAG_ROLE: "analysis"}
+    parent = tr.find_sweep_run(client, experiment_id, sweep)
+    if parent is not None:
+        tags[tr.TAG_PARENT] = parent.info.run_id
+    run = tr.with_retries(client.create_run, experiment_id, tags=tags, run_name=f"{sweep}-analysis")
+    return run.info.run_id
+
+
+def run_analysis(sweep: str, *, tracking_uri: str | None = None,
+                 home: str | os.PathLike | None = None,
+                 measures: Sequence[str | MeasureSpec] | None = None,
+                 input_sets: Sequence[str] = ("clean",), actors: int = 0,
+                 data_root: str | None = None, eval_size: int | None = None,
+                 data_seed: int | None = None, retry_errors: bool = False,
+                 log_mlflow: bool = True, progress: Progress | None = None) -> AnalysisResult:
+    """Compute every missing (pair, input set, measure) of a sweep into ``pairs.parquet``.
+
+    Args:
+        sweep: sweep name (MLflow experiment).
+        tracking_uri: see ``resolve_tracking_uri``.
+        home: ``UNISWEEP_HOME`` override (reports go to ``<home>/reports/<sweep>``).
+        measures: specs such as ``"knn_jaccard:k=10"``; default ``DEFAULT_MEASURES`` (those
+            registered).
+        input_sets: names in ``analysis.extract.INPUT_SETS``.
+        actors: 0 = serial engine and serial extraction; N >= 1 = N Ray actors for pairs and
+            Ray tasks for extraction (a local Ray is started if none runs).
+        data_root, eval_size, data_seed: override the eval-set options read from the runs.
+        retry_errors: recompute pairs stored with ``status="error"``.
+        progress: ``progress(stage, done, total)`` for long work.
+
+    Raises:
+        UserError: unknown sweep, no usable model, bad measure/input set/actors.
+    """
+    t_start = time.perf_counter()
+    # one progress bar per downloaded checkpoint would drown the pipeline's own progress lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 0:
+        raise ConfigError(f"actors must be an integer >= 0 (0 = serial), got actors={actors!r}")
+    specs = _specs(measures)
+    isets = [make_input_set(name) for name in input_sets]
+    uri = resolve_tracking_uri(tracking_uri, home)
+    disc: Discovery = discover_models(sweep, tracking_uri=uri)
+    skipped = {s.run_id: f"{s.label}: {s.reason}" for s in disc.skipped}
+    if not disc.models:
+        raise UserError(f"sweep {sweep!r} has no finished model with a checkpoint to analyse\n"
+                        + disc.describe())
+    out_dir = report_dir(sweep, home)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bases = _load_bases(disc.models, data_root=data_root, eval_size=eval_size, data_seed=data_seed)
+    started = _ensure_ray(actors)
+    try:
+        cache = ArtifactCache(out_dir / "cache")
+        blocks, failures = extract_all(disc.models, isets, bases=bases, cache=cache,
+                                       tracking_uri=uri, use_ray=actors > 0, progress=progress)
+        label = {m.run_id: m.label for m in disc.models}
+        skipped.update({k: f"{label.get(k, k)}: {v}" for k, v in failures.items()})
+        store = ResultStore(out_dir / "pairs.parquet")
+        stored = store.load()
+        if retry_errors:
+            stored = stored[stored["status"] == "ok"]
+        done = set(zip(*(stored[k].astype(str) for k in
+                         ("model_a", "model_b", "input_set", "measure", "params_hash",
+                          "inputs_hash")), strict=True))
+        plan = plan_pairs(blocks, specs, done=done)
+        items = {f"{r}@{b.inputs_key[:16]}": p for b in blocks for r, p in b.artifacts.items()}
+        new_rows = _compute(plan, items, store, actors=actors, retry_errors=retry_errors,
+                            progress=progress)
+        stats = new_rows.pop("stats")
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    models_frame(disc.models).to_parquet(out_dir / "models.parquet", index=False)
+    _write_json(out_dir / "skipped.json", skipped)
+    _write_json(out_dir / "cache" / "manifest.json", _manifest(blocks, isets, bases))
+    table = store.load()
+    result = AnalysisResult(
+        sweep=sweep, report_dir=out_dir, pairs_path=store.path, models=disc.models,
+        skipped=skipped, new_rows=new_rows["n"], total_rows=len(table),
+        error_rows=int((table["status"] == "error").sum()), wall_s=time.perf_counter() - t_start,
+        analysis_run_id=None, stats=stats)
+    if log_mlflow:
+        run_id = _log_analysis(uri, disc, result, specs, input_sets, actors)
+        result = AnalysisResult(**{**result.__dict__, "analysis_run_id": run_id})
+    return result
+
+
+def _specs(measures: Sequence[str | MeasureSpec] | None) -> list[MeasureSpec]:
+    from analysis.measures._base import MEASURES
+
+    if measures is None:
+        return [s for s in DEFAULT_MEASURES if s.name in MEASURES]
+    specs = [m if isinstance(m, MeasureSpec) else parse_measure(m) for m in measures]
+    if not specs:
+        raise ConfigError(f"measures must name at least one measure; known: {sorted(MEASURES)}")
+    return list(dict.fromkeys(specs))
+
+
+def _compute(plan, items, store: ResultStore, *, actors: int, retry_errors: bool,
+             progress: Progress | None, flush_s: float = 10.0) -> dict[str, Any]:
+    """Run the engine, appending rows to the store every ``flush_s`` seconds and at the end."""
+    engine = make_engine(actors)
+    buffer: list[dict] = []
+    written = [0, time.monotonic()]
+
+    def sink(rows):
+        buffer.extend(rows)
+        if time.monotonic() - written[1] > flush_s:
+            written[0] += store.append(buffer, replace_errors=retry_errors)
+            buffer.clear()
+            written[1] = time.monotonic()
+
+    def on_pairs(done, total):
+        if progress:
+            progress("pairs", done, total)
+
+    stats = engine.run(plan, items, sink=sink, progress=on_pairs)
+    written[0] += store.append(buffer, replace_errors=retry_errors)
+    return {"n": written[0], "stats": stats.__dict__}
+
+
+def _manifest(blocks, isets, bases) -> dict[str, Any]:
+    return {
+        "layer": "penultimate",
+        "eval_sets": {d: {"hash": b.hash, "n": int(len(b.y)),
+                          "indices_sha256": __import__("hashlib").sha256(
+                              b.indices.astype("<i8").tobytes()).hexdigest()}
+                      for d, b in bases.items()},
+        "input_sets": {s.name: {"per_model": s.per_model, "params": s.params()} for s in isets},
+        "blocks": [{"input_set": b.input_set, "dataset": b.dataset, "inputs_hash": b.inputs_key,
+                    "rows": list(b.rows),
+                    "artifacts": {r: str(p) for r, p in b.artifacts.items()}} for b in blocks],
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _log_analysis(uri: str, disc: Discovery, result: AnalysisResult, specs, input_sets,
+                  actors: int) -> str:
+    client = tr.make_client(uri)
+    run_id = _analysis_run(client, disc.sweep, disc.experiment_id)
+    params = {"measures": ",".join(str(s) for s in specs), "input_sets": ",".join(input_sets),
+              "actors": str(actors)}
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    existing = tr.with_retries(client.get_run, run_id).data.params
+    tr.with_retries(client.log_batch, run_id,
+                    params=[Param(k, v) for k, v in params.items() if k not in existing],
+                    metrics=[Metric("analysis/models", len(result.models), now, 0),
+                             Metric("analysis/pairs", result.total_rows, now, 0),
+                             Metric("analysis/error_rows", result.error_rows, now, 0),
+                             Metric("analysis/new_rows", result.new_rows, now, 0),
+                             Metric("analysis/wall_s", result.wall_s, now, 0)])
+    d = result.report_dir
+    for path in (d / "pairs.parquet", d / "models.parquet", d / "skipped.json"):
+        tr.with_retries(client.log_artifact, run_id, str(path), "analysis")
+    tr.with_retries(client.log_artifact, run_id, str(d / "cache" / "manifest.json"), "cache")
+    tr.with_retries(client.set_terminated, run_id, "FINISHED")
+    return run_id
+
+
+def run_report(sweep: str, *, home: str | os.PathLike | None = None,
+               tracking_uri: str | None = None, log_mlflow: bool = True,
+               seed: int = 0) -> Path:
+    """Build the report of an analysed sweep from its table + run metadata; returns the HTML.
+
+    Raises:
+        UserError: the sweep has not been analysed yet (no ``pairs.parquet``).
+    """
+    from analysis.report import build_report
+
+    out_dir = report_dir(sweep, home)
+    if not (out_dir / "pairs.parquet").exists():
+        raise UserError(f"no analysis of sweep {sweep!r} at {out_dir}/pairs.parquet; "
+                        f"run `python -m analysis run {sweep}` first")
+    html = build_report(out_dir, sweep=sweep, seed=seed)
+    if log_mlflow:
+        uri = resolve_tracking_uri(tracking_uri, home)
+        client = tr.make_client(uri)
+        exp = tr.with_retries(client.get_experiment_by_name, sweep)
+        if exp is not None:
+            run_id = _analysis_run(client, sweep, exp.experiment_id)
+            for path in sorted(out_dir.glob("report/*")):
+                tr.with_retries(client.log_artifact, run_id, str(path), "report")
+            tr.with_retries(client.set_terminated, run_id, "FINISHED")
+    return html
