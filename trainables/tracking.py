@@ -25,7 +25,7 @@ __all__ = [
     "METRIC_TRAIN_LOSS", "METRIC_TRAIN_ACC", "METRIC_CLEAN_ACC", "METRIC_ROBUST_ACC",
     "METRIC_EPOCH", "METRIC_EPOCH_TIME", "METRIC_FINAL_CLEAN_ACC", "METRIC_FINAL_ROBUST_ACC",
     "METRIC_TOTAL_TIME", "ARTIFACT_CHECKPOINT", "final_robust_at", "format_eps",
-    "Paths", "default_paths", "make_client", "with_retries", "ensure_experiment",
+    "Paths", "default_paths", "store_exists", "make_client", "with_retries", "ensure_experiment",
     "find_sweep_run", "find_trial_run", "search_sweep_runs", "flatten_params",
 ]
 
@@ -140,6 +140,13 @@ def with_retries(fn: Callable[..., T], *args: Any, attempts: int = 6, base_delay
             time.sleep(delay)
             delay = min(2 * delay, max_delay_s)
     raise RuntimeError("unreachable: the retry loop returns or raises")
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """False only for a sqlite store whose file is missing (a client would create it)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).exists()
+    return True
 
 
 def make_client(tracking_uri: str) -> MlflowClient:

@@ -1,0 +1,506 @@
+"""Sweep specs: one YAML file -> `SweepSpec` (frozen dataclasses), validated at load.
+
+Every error is a `ConfigError` on one line naming the dotted field, the value and what is
+allowed, e.g. ``train.epochs=0 is not allowed; allowed: an integer >= 1``. Unknown keys are
+errors. Epsilons are floats on the [0, 1] pixel scale; ``"8/255"`` is parsed once here by a
+tiny fraction parser (never ``eval``). Field reference: docs/spec-reference.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from trainables.errors import ConfigError
+from trainables.tracking import default_paths, format_eps
+
+if TYPE_CHECKING:
+    from sweeps.hpo import HpoSpec
+
+__all__ = ["SweepSpec", "DatasetSpec", "ArchSpec", "ThreatSpec", "TrainSpec", "EvalSpec",
+           "ResourceSpec", "TrackingSpec", "Cell", "load_spec", "parse_spec", "parse_number",
+           "Section"]
+
+DATASETS = ("digits", "cifar10", "imagefolder")
+THREAT_MODELS = ("l2", "linf")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("none", "step", "cosine")
+STEP_RULES = ("auto", "relative", "absolute")
+# Input dimension C*H*W where fixed; an L2 epsilon at or above sqrt(dim) covers the whole cube.
+_INPUT_DIM = {"digits": 1 * 8 * 8, "cifar10": 3 * 32 * 32}
+
+_REQUIRED = object()
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_NUMBER_OR_FRACTION = re.compile(rf"^\s*({_NUMBER})\s*(?:/\s*({_NUMBER}))?\s*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+# --------------------------------------------------------------------------- field readers
+
+def fail(field: str, value: Any, allowed: str, *, problem: str | None = None) -> ConfigError:
+    """The one-line error: ``field=value is not allowed (or: problem); allowed: ...``."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return ConfigError(f"{field}={shown} {problem or 'is not allowed'}; allowed: {allowed}")
+
+
+def parse_number(value: Any, field: str) -> float:
+    """A finite float from a YAML number or a string like ``"8/255"`` or ``"5e-4"``."""
+    allowed = "a number such as 0.5, 5e-4 or a fraction such as 8/255"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise fail(field, value, allowed)
+    if isinstance(value, str):
+        match = _NUMBER_OR_FRACTION.match(value)
+        if match is None:
+            raise fail(field, value, allowed)
+        num, den = float(match.group(1)), match.group(2)
+        if den is not None and float(den) == 0.0:
+            raise fail(field, value, allowed, problem="divides by zero")
+        value = num / float(den) if den is not None else num
+    out = float(value)
+    if not math.isfinite(out):
+        raise fail(field, value, "a finite number")
+    return out
+
+
+def as_float(value: Any, field: str, *, lo: float | None = None, hi: float | None = None,
+             lo_open: bool = False, hi_open: bool = False) -> float:
+    """A float in ``[lo, hi]`` (either end open when asked)."""
+    out = parse_number(value, field)
+    if (lo is not None and (out <= lo if lo_open else out < lo)) or \
+            (hi is not None and (out >= hi if hi_open else out > hi)):
+        lo_s, hi_s = ("-inf" if lo is None else f"{lo:g}"), ("inf" if hi is None else f"{hi:g}")
+        raise fail(field, value, f"a number in {'(' if lo_open else '['}{lo_s}, {hi_s}"
+                                 f"{')' if hi_open else ']'}")
+    return out
+
+
+def as_int(value: Any, field: str, *, lo: int | None = None) -> int:
+    """An integer ``>= lo``; floats such as ``3.0`` and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
+        raise fail(field, value, "an integer" + (f" >= {lo}" if lo is not None else ""))
+    return value
+
+
+def as_choice(value: Any, field: str, allowed: Sequence[str]) -> str:
+    """One of ``allowed``, with a did-you-mean hint for near misses."""
+    if not isinstance(value, str) or value not in allowed:
+        close = difflib.get_close_matches(value, list(allowed), n=1) if isinstance(value, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise fail(field, value, ", ".join(allowed) + hint)
+    return value
+
+
+def as_name(value: Any, field: str) -> str:
+    """A name safe for directories and MLflow: letters, digits, ``_ . -``, at most 100 chars."""
+    if not isinstance(value, str) or _NAME.match(value) is None:
+        raise fail(field, value, "letters, digits, '_', '.', '-' (starting with a letter or digit,"
+                                 " at most 100 characters)")
+    return value
+
+
+def as_list(value: Any, field: str, *, allow_scalar: bool = False) -> list[Any]:
+    """A non-empty list (one scalar becomes a one-item list when ``allow_scalar``)."""
+    if allow_scalar and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise fail(field, value, "a list" + (" or a single value" if allow_scalar else ""))
+    if not value:
+        raise fail(field, value, "a non-empty list", problem="is an empty grid axis")
+    return list(value)
+
+
+def check_unique(values: Sequence[Any], field: str, raw: Sequence[Any]) -> None:
+    """Refuse duplicate grid values: each cell must run exactly once."""
+    first: dict[Any, int] = {}
+    for i, value in enumerate(values):
+        if value in first:
+            raise fail(f"{field}[{i}]", raw[i], "distinct values",
+                       problem=f"duplicates {field}[{first[value]}]")
+        first[value] = i
+
+
+class Section:
+    """One mapping of the YAML tree: hands out values by key and refuses unread keys."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise fail(path or "spec", raw, "a mapping of keys to values")
+        self.raw, self.path, self._read = dict(raw), path, []
+
+    def field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, default: Any = _REQUIRED) -> Any:
+        """The raw value of ``key``; ``default`` when absent or null; error when required."""
+        self._read.append(key)
+        value = self.raw.get(key)
+        if value is None and default is _REQUIRED:
+            raise fail(self.field(key), None, "a value", problem="is missing (required)")
+        return default if value is None else value
+
+    def done(self) -> None:
+        """Raise on the first key no reader asked for, suggesting the closest known key."""
+        known = sorted(set(self._read))
+        for key in self.raw:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                where = f"in '{self.path}'" if self.path else "at the top level"
+                raise ConfigError(f"{self.field(str(key))}: unknown key {where}{hint}; "
+                                  f"allowed: {', '.join(known)}")
+
+
+# --------------------------------------------------------------------------- the spec
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str  # digits | cifar10 | imagefolder
+    root: str | None  # absolute; required for cifar10 / imagefolder
+    eval_size: int | None  # size of the fixed, seeded eval subset of the test split; None = all
+    eval_seed: int = 0  # picks the eval subset (the same for every model of the sweep)
+    image_size: int | None = None  # imagefolder input size (square); None = loader default
+    num_workers: int = 0  # DataLoader worker processes per trial
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str  # key of trainables.models.MODELS
+    width: float = 1.0  # channel multiplier
+
+    @property
+    def label(self) -> str:
+        """``resnet18`` at width 1, else ``resnet18-w0.125``."""
+        return self.name if self.width == 1.0 else f"{self.name}-w{self.width:g}"
+
+
+@dataclass(frozen=True)
+class ThreatSpec:
+    threat_model: str  # l2 | linf
+    epsilons: tuple[float, ...]  # [0, 1] pixel scale
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    lr_step_size: int = 30  # epochs between x lr_gamma steps (schedule: step)
+    lr_gamma: float = 0.1
+    attack_steps: int = 7
+    attack_step_rule: str = "auto"  # auto: 2.5*eps/steps; relative: size*eps; absolute: size
+    attack_step_size: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    attack_steps: int = 20  # PGD steps of the per-epoch robust evaluation
+    final_steps: int = 50  # PGD steps of the final evaluation
+    restarts: int = 3  # restarts of the final evaluation (a sample counts if it survives all)
+    extra_eps: tuple[float, ...] = ()  # extra final eps (same threat model)
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str  # MLflow tracking URI
+    artifact_location: str | None  # absolute path or URI; None lets an MLflow server decide
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell = one Tune trial of the grid phase."""
+
+    arch: ArchSpec
+    threat_model: str
+    eps: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.arch.label}_{self.threat_model}_eps{format_eps(self.eps)}_seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    dataset: DatasetSpec
+    archs: tuple[ArchSpec, ...]
+    threats: tuple[ThreatSpec, ...]
+    seeds: tuple[int, ...]
+    train: TrainSpec
+    eval: EvalSpec
+    resources: ResourceSpec
+    max_concurrent: int | None
+    max_failures: int
+    tracking: TrackingSpec
+    storage: str  # Ray Tune storage path (absolute) or URI (s3://...)
+    hpo: HpoSpec | None = None
+    description: str = ""
+    source: str = ""  # the YAML text as loaded (logged with the sweep)
+
+    def cells(self) -> list[Cell]:
+        """Every grid cell, in the order Tune's grid search expands them."""
+        return [Cell(a, t.threat_model, e, s) for t in self.threats for e in t.epsilons
+                for a in self.archs for s in self.seeds]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view (for logging and dry runs); the YAML source is left out."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+def load_spec(path: str | os.PathLike[str], *, check_paths: bool = True) -> SweepSpec:
+    """Load and validate a sweep spec.
+
+    Args:
+        path: YAML file.
+        check_paths: check that ``dataset.root`` exists (the CLI does; loading the shipped
+            examples on a machine without their datasets does not).
+
+    Raises:
+        ConfigError: unreadable file, YAML syntax error, or any invalid field.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    try:
+        return parse_spec(raw, check_paths=check_paths, source=text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> SweepSpec:
+    """Validate an already-parsed YAML tree (see `load_spec`)."""
+    top = Section(raw, "")
+    paths = default_paths()
+    name = as_name(top.get("name"), "name")
+    dataset = _dataset(Section(top.get("dataset"), "dataset"), home=paths.home,
+                       check_paths=check_paths)
+    archs = _archs(top.get("archs"))
+    threats = _threats(top.get("threat_model"), top.get("epsilons"), dataset.name)
+    seeds_raw = as_list(top.get("seeds", [0]), "seeds", allow_scalar=True)
+    seeds = tuple(as_int(s, f"seeds[{i}]", lo=0) for i, s in enumerate(seeds_raw))
+    check_unique(seeds, "seeds", seeds_raw)
+    train = _train(Section(top.get("train", {}), "train"))
+    evaluation = _eval(Section(top.get("eval", {}), "eval"))
+    res = Section(top.get("resources", {}), "resources")
+    resources = ResourceSpec(cpu=as_float(res.get("cpu", 1.0), res.field("cpu"), lo=0, lo_open=True),
+                             gpu=as_float(res.get("gpu", 0.0), res.field("gpu"), lo=0))
+    res.done()
+    max_concurrent = top.get("max_concurrent", None)
+    if max_concurrent is not None:
+        max_concurrent = as_int(max_concurrent, "max_concurrent", lo=1)
+    max_failures = as_int(top.get("max_failures", 2), "max_failures", lo=0)
+    tracking = _tracking(Section(top.get("tracking", {}), "tracking"), paths=paths)
+    storage_raw = top.get("storage", os.environ.get("UNISWEEP_STORAGE") or str(paths.storage_path))
+    storage = _location(storage_raw, "storage", home=paths.home)
+    description = top.get("description", "")
+    if not isinstance(description, str):
+        raise fail("description", description, "a string")
+    hpo = None
+    if top.get("hpo", None) is not None:
+        from sweeps.hpo import parse_hpo  # the HPO block lives next to the code that runs it
+
+        hpo = parse_hpo(Section(top.get("hpo"), "hpo"), archs=archs, threats=threats, seeds=seeds)
+    top.done()
+    return SweepSpec(name=name, dataset=dataset, archs=archs, threats=threats, seeds=seeds,
+                     train=train, eval=evaluation, resources=resources,
+                     max_concurrent=max_concurrent, max_failures=max_failures, tracking=tracking,
+                     storage=storage, hpo=hpo, description=description, source=source)
+
+
+def _location(value: Any, field: str, *, home: Path) -> str:
+    """A URI (``s3://...``) unchanged, or a local path made absolute against UNISWEEP_HOME."""
+    if not isinstance(value, str) or not value.strip():
+        raise fail(field, value, "a path or a URI such as s3://bucket/prefix")
+    value = os.path.expandvars(value.strip())
+    if ("://" in value and not value.startswith("file://")) or "$" in value:
+        return value  # a URI, or a path naming a variable unset here (set on the cluster)
+    local = Path(value.removeprefix("file://")).expanduser()
+    return str(local if local.is_absolute() else (home / local).resolve())
+
+
+def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
+    name = as_choice(sec.get("name"), sec.field("name"), DATASETS)
+    root = sec.get("root", None)
+    if name != "digits" and root is None:
+        raise fail(sec.field("root"), None, f"the local directory holding {name}",
+                   problem=f"is missing (required for {name}; nothing is downloaded)")
+    if root is not None:
+        root = _location(root, sec.field("root"), home=home)
+        if check_paths and not Path(root).is_dir():
+            raise fail(sec.field("root"), root, "an existing directory", problem="does not exist")
+    eval_size = sec.get("eval_size", None)
+    if eval_size is not None:
+        eval_size = as_int(eval_size, sec.field("eval_size"), lo=1)
+    image_size = sec.get("image_size", None)
+    if image_size is not None:
+        image_size = as_int(image_size, sec.field("image_size"), lo=8)
+    out = DatasetSpec(name=name, root=root, eval_size=eval_size,
+                      eval_seed=as_int(sec.get("eval_seed", 0), sec.field("eval_seed"), lo=0),
+                      image_size=image_size,
+                      num_workers=as_int(sec.get("num_workers", 0), sec.field("num_workers"), lo=0))
+    sec.done()
+    return out
+
+
+def _archs(value: Any) -> tuple[ArchSpec, ...]:
+    from trainables.models import MODELS
+
+    raw = as_list(value, "archs", allow_scalar=True)
+    archs = []
+    for i, item in enumerate(raw):
+        field = f"archs[{i}]"
+        if isinstance(item, Mapping):
+            sec = Section(item, field)
+            arch = ArchSpec(name=sec.get("name"),
+                            width=as_float(sec.get("width", 1.0), sec.field("width"), lo=0,
+                                           lo_open=True, hi=16))
+            field = sec.field("name")
+            sec.done()
+        elif isinstance(item, str):
+            arch = ArchSpec(name=item)
+        else:
+            raise fail(field, item, "an architecture name or a mapping {name: ..., width: ...}")
+        as_choice(arch.name, field, sorted(MODELS))
+        archs.append(arch)
+    check_unique(archs, "archs", raw)
+    return tuple(archs)
+
+
+def _threats(threat_value: Any, eps_value: Any, dataset: str) -> tuple[ThreatSpec, ...]:
+    raw_models = as_list(threat_value, "threat_model", allow_scalar=True)
+    models = [as_choice(m, f"threat_model[{i}]" if len(raw_models) > 1 else "threat_model",
+                        THREAT_MODELS) for i, m in enumerate(raw_models)]
+    check_unique(models, "threat_model", raw_models)
+    if isinstance(eps_value, Mapping):
+        sec = Section(eps_value, "epsilons")
+        per_model = {m: sec.get(m) for m in models}
+        sec.done()
+    else:
+        per_model = {m: eps_value for m in models}
+    threats = []
+    for model, value in per_model.items():
+        field = f"epsilons.{model}" if isinstance(eps_value, Mapping) else "epsilons"
+        raw = as_list(value, field, allow_scalar=True)
+        eps = tuple(_epsilon(v, f"{field}[{i}]", model, dataset) for i, v in enumerate(raw))
+        check_unique(eps, field, raw)
+        threats.append(ThreatSpec(threat_model=model, epsilons=eps))
+    return tuple(threats)
+
+
+def _epsilon(value: Any, field: str, threat_model: str, dataset: str) -> float:
+    eps = parse_number(value, field)
+    if eps < 0:
+        raise fail(field, value, "a number >= 0 on the [0, 1] pixel scale",
+                   problem="is negative")
+    if threat_model == "linf" and eps > 1:
+        raise fail(field, value, "a number in [0, 1] (pixel scale)",
+                   problem=f"is above 1 for linf (did you mean {value}/255?)")
+    dim = _INPUT_DIM.get(dataset)
+    if threat_model == "l2" and dim is not None and eps >= math.sqrt(dim):
+        raise fail(field, value, f"a number in [0, {math.sqrt(dim):.3g}) for l2 on {dataset} "
+                                 f"(the L2 diameter of its [0,1] input cube)",
+                   problem=f"covers the whole input space (did you mean {value}/255?)")
+    return eps
+
+
+def _train(sec: Section) -> TrainSpec:
+    d = TrainSpec()
+    rule = as_choice(sec.get("attack_step_rule", d.attack_step_rule),
+                     sec.field("attack_step_rule"), STEP_RULES)
+    size = sec.get("attack_step_size", None)
+    if rule != "auto" and size is None:
+        raise fail(sec.field("attack_step_size"), None, "a number > 0",
+                   problem=f"is missing (required when attack_step_rule is {rule!r})")
+    if rule == "auto" and size is not None:
+        raise fail(sec.field("attack_step_size"), size, "null with attack_step_rule 'auto' "
+                   "(2.5*eps/steps), or set attack_step_rule to relative/absolute")
+    out = TrainSpec(
+        epochs=as_int(sec.get("epochs", d.epochs), sec.field("epochs"), lo=1),
+        batch_size=as_int(sec.get("batch_size", d.batch_size), sec.field("batch_size"), lo=2),
+        optimizer=as_choice(sec.get("optimizer", d.optimizer), sec.field("optimizer"), OPTIMIZERS),
+        lr=as_float(sec.get("lr", d.lr), sec.field("lr"), lo=0, lo_open=True),
+        momentum=as_float(sec.get("momentum", d.momentum), sec.field("momentum"), lo=0,
+                          hi=0.999),
+        weight_decay=as_float(sec.get("weight_decay", d.weight_decay), sec.field("weight_decay"),
+                              lo=0),
+        schedule=as_choice(sec.get("schedule", d.schedule), sec.field("schedule"), SCHEDULES),
+        lr_step_size=as_int(sec.get("lr_step_size", d.lr_step_size), sec.field("lr_step_size"),
+                            lo=1),
+        lr_gamma=as_float(sec.get("lr_gamma", d.lr_gamma), sec.field("lr_gamma"), lo=0, hi=1,
+                          lo_open=True),
+        attack_steps=as_int(sec.get("attack_steps", d.attack_steps), sec.field("attack_steps"),
+                            lo=1),
+        attack_step_rule=rule,
+        attack_step_size=None if size is None else as_float(
+            size, sec.field("attack_step_size"), lo=0, lo_open=True),
+    )
+    sec.done()
+    return out
+
+
+def _eval(sec: Section) -> EvalSpec:
+    d = EvalSpec()
+    raw = sec.get("extra_eps", [])
+    raw = [raw] if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) else raw
+    if not isinstance(raw, list):
+        raise fail(sec.field("extra_eps"), raw, "a list of epsilons (may be empty)")
+    extra = tuple(as_float(v, f"{sec.field('extra_eps')}[{i}]", lo=0) for i, v in enumerate(raw))
+    check_unique(extra, sec.field("extra_eps"), raw)
+    out = EvalSpec(attack_steps=as_int(sec.get("attack_steps", d.attack_steps),
+                                       sec.field("attack_steps"), lo=1),
+                   final_steps=as_int(sec.get("final_steps", d.final_steps),
+                                      sec.field("final_steps"), lo=1),
+                   restarts=as_int(sec.get("restarts", d.restarts), sec.field("restarts"), lo=1),
+                   extra_eps=extra)
+    sec.done()
+    return out
+
+
+def _tracking(sec: Section, *, paths: Any) -> TrackingSpec:
+    uri = sec.get("uri", os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri)
+    if not isinstance(uri, str) or not re.match(r"^(sqlite|https?|postgresql|mysql|databricks)"
+                                                r"(\+\w+)?:", uri):
+        raise fail(sec.field("uri"), uri, "sqlite:///<abs path>/mlflow.db or http(s)://host:port "
+                   "(file stores are disabled in MLflow 3)")
+    if uri.startswith("sqlite:///"):
+        db = Path(os.path.expandvars(uri.removeprefix("sqlite:///"))).expanduser()
+        uri = f"sqlite:///{db if db.is_absolute() else (paths.home / db).resolve()}"
+    remote = uri.startswith(("http://", "https://", "databricks"))
+    default_art = None if remote else str(paths.artifact_root)
+    art = sec.get("artifact_location", default_art)
+    art = None if art is None else _location(art, sec.field("artifact_location"), home=paths.home)
+    sec.done()
+    return TrackingSpec(uri=uri, artifact_location=art)

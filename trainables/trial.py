@@ -1,0 +1,171 @@
+"""The function Ray Tune runs for one grid cell: train, report, and log to one MLflow run.
+
+The trial config (built by `sweeps.launch.build_param_space`) is plain data::
+
+    {"sweep": str, "dataset": {...}, "train": {...}, "eval": {...},
+     "model": {"arch", "width"}, "threat_model": str, "eps": float, "seed": int,
+     # (or "threat": {"threat_model", "eps"}; or one "cell": {model, threat_model, eps, seed}) "overrides": {arch label: {train field: value}}, "num_threads": int,
+     "tracking": {"uri", "experiment_id", "parent_run_id", "sweep", "role"},
+     "_fault": {"after_epoch", "marker_dir", "mode"}   # TEST ONLY, see below}
+
+MLflow: exactly one run per trial, a child of the sweep's parent run. After a restart (a
+crashed worker, `Tuner.restore`) the trial finds its run again by tags (sweep + Tune trial id)
+and continues it; the run is always ended (FINISHED, or FAILED on an exception). The final
+checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `checkpoint/`.
+
+``_fault`` is a test-only switch: after reporting epoch ``after_epoch`` the trial fails once
+(``mode="raise"`` raises, ``mode="exit"`` kills the worker process), recorded by a marker file
+under ``marker_dir`` so the restarted trial runs through. Real sweeps never set it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainables import tracking as tr
+from trainables.errors import ConfigError
+
+__all__ = ["run_trial", "train_config_dict", "cell_key", "cell_tuple"]
+
+log = logging.getLogger(__name__)
+_CHECKPOINT_FILES = ("model.safetensors", "meta.json")
+
+
+def cell_tuple(config: dict[str, Any]) -> tuple[str, float, str, float, int]:
+    """(arch, width, threat model, eps, seed) of a resolved trial config.
+
+    The grid's axes are top-level keys (``model``, ``threat_model``/``eps`` or ``threat``,
+    ``seed``); a resumed grid that lists its remaining cells uses one ``cell`` key instead.
+    """
+    src = config.get("cell") or config
+    threat = src.get("threat") or {"threat_model": src["threat_model"], "eps": src["eps"]}
+    model = src["model"]
+    return (model["arch"], float(model["width"]), threat["threat_model"], float(threat["eps"]),
+            int(src["seed"]))
+
+
+def cell_key(config: dict[str, Any]) -> str:
+    """``<arch>[-w<width>]_<threat>_eps<eps>_seed<seed>``; matches `sweeps.spec.Cell.key`."""
+    arch, width, threat, eps, seed = cell_tuple(config)
+    label = arch if width == 1.0 else f"{arch}-w{width:g}"
+    return f"{label}_{threat}_eps{tr.format_eps(eps)}_seed{seed}"
+
+
+def train_config_dict(config: dict[str, Any]) -> dict[str, Any]:
+    """The `TrainConfig.from_dict` input for a trial config (grid cell + overrides applied).
+
+    ``train.attack_step_rule`` becomes an absolute ``attack_step_size``: ``auto`` -> None
+    (TrainConfig uses 2.5*eps/steps), ``relative`` -> size*eps, ``absolute`` -> size.
+    """
+    arch, width, threat, eps, seed = cell_tuple(config)
+    label = arch if width == 1.0 else f"{arch}-w{width:g}"
+    train = dict(config["train"])
+    overrides = config.get("overrides") or {}
+    train.update(overrides.get(label) or overrides.get("*") or {})
+    rule, size = train.pop("attack_step_rule"), train.pop("attack_step_size")
+    if rule == "auto" or eps == 0:
+        step = None
+    elif rule == "relative":
+        step = float(size) * eps
+    elif rule == "absolute":
+        step = float(size)
+    else:
+        raise ConfigError(f"train.attack_step_rule={rule!r} is not allowed; allowed: auto, "
+                          "relative, absolute")
+    data, ev = config["dataset"], config["eval"]
+    return {
+        **train, "attack_step_size": step,
+        "dataset": data["name"], "data_root": data["root"], "image_size": data["image_size"],
+        "eval_size": data["eval_size"], "eval_seed": data["eval_seed"],
+        "num_workers": data["num_workers"],
+        "arch": arch, "width": width, "threat_model": threat, "eps": eps, "seed": seed,
+        "eval_attack_steps": ev["attack_steps"], "final_eval_steps": ev["final_steps"],
+        "final_eval_restarts": ev["restarts"], "extra_eval_eps": list(ev["extra_eps"]),
+        "num_threads": config.get("num_threads"),
+    }
+
+
+def _open_run(client: Any, trk: dict[str, Any], *, trial_id: str, key: str,
+              params: dict[str, Any], tags: dict[str, str]) -> str:
+    """Find this trial's run by tag (continue it) or create it as a child of the sweep run."""
+    from mlflow.entities import Param
+
+    run = tr.find_trial_run(client, trk["experiment_id"], sweep=trk["sweep"], trial_id=trial_id)
+    if run is not None:
+        tr.with_retries(client.update_run, run.info.run_id, status="RUNNING")
+        log.info("continuing MLflow run %s of trial %s", run.info.run_id, trial_id)
+        return run.info.run_id
+    name = key if trk["role"] == "trial" else f"{trk['role']}-{key}-{trial_id}"
+    run = tr.with_retries(client.create_run, trk["experiment_id"], tags=tags, run_name=name)
+    flat = tr.flatten_params(params)
+    for batch in tr.chunks([Param(k, v[:6000]) for k, v in flat.items()], 100):
+        tr.with_retries(client.log_batch, run.info.run_id, params=batch)
+    return run.info.run_id
+
+
+def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> None:
+    """TEST ONLY: fail once after epoch ``fault["after_epoch"]`` (see module docstring)."""
+    if not fault or epoch != int(fault["after_epoch"]):
+        return
+    marker = Path(fault["marker_dir"]) / f"fault-{trial_id}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"failed after epoch {epoch}\n")
+    if fault.get("mode") == "exit":
+        os._exit(17)  # a hard crash: no finally, no MLflow end_run (the restart must cope)
+    raise RuntimeError(f"injected test fault after epoch {epoch} (trial {trial_id})")
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Train one grid cell under Ray Tune; see the module docstring for the config layout."""
+    from mlflow.entities import Metric
+    from ray import tune
+
+    from trainables.train import TrainConfig, train_model
+
+    cfg = TrainConfig.from_dict(train_config_dict(config))
+    trk = config["tracking"]
+    trial_id = tune.get_context().get_trial_id()
+    key = cell_key(config)
+    tags = {tr.TAG_SWEEP: trk["sweep"], tr.TAG_TRIAL_ID: trial_id, tr.TAG_CELL: key,
+            tr.TAG_ARCH: cfg.arch, tr.TAG_WIDTH: repr(cfg.width), tr.TAG_EPS: tr.format_eps(cfg.eps),
+            tr.TAG_SEED: str(cfg.seed), tr.TAG_THREAT_MODEL: cfg.threat_model,
+            tr.TAG_DATASET: cfg.dataset, tr.TAG_ROLE: trk["role"],
+            tr.TAG_PARENT: trk["parent_run_id"]}
+    client = tr.make_client(trk["uri"])
+    run_id = _open_run(client, trk, trial_id=trial_id, key=key, tags=tags,
+                       params={**cfg.to_dict(), "cell": key})
+
+    def report(metrics: dict[str, Any], ckpt_dir: Path) -> None:
+        epoch = int(metrics[tr.METRIC_EPOCH])
+        now = int(time.time() * 1000)
+        scalars = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # MLflow first, then Tune: a crash in between repeats this epoch's MLflow values on
+        # restart (same step, same numbers) instead of losing them.
+        batch = [Metric(k, v, now, epoch) for k, v in scalars.items()]
+        for part in tr.chunks(batch, 1000):
+            tr.with_retries(client.log_batch, run_id, metrics=part)
+        if epoch == cfg.epochs:
+            for name in _CHECKPOINT_FILES:
+                tr.with_retries(client.log_artifact, run_id, str(Path(ckpt_dir) / name),
+                                tr.ARTIFACT_CHECKPOINT)
+        tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+        _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch)
+
+    status = "FAILED"
+    try:
+        checkpoint = tune.get_checkpoint()
+        with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume:
+            if resume is not None:
+                log.info("trial %s resumes from %s", trial_id, resume)
+            train_model(cfg, resume_from=resume, report=report)
+        status = "FINISHED"
+    finally:
+        tr.with_retries(client.set_terminated, run_id, status)
