@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainables import tracking as tr
-from sweeps.spec import (ArchSpec, Section, ThreatSpec, as_choice, as_float, as_int, as_list,
-                         check_unique, fail, parse_number)
+from sweeps._fields import (Section, as_choice, as_float, as_int, as_list, check_unique, fail,
+                            parse_number)
+from sweeps.spec import ArchSpec, ThreatSpec
 
 if TYPE_CHECKING:
     from sweeps.launch import FaultSwitch, SweepHandle

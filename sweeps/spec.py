@@ -2,14 +2,14 @@
 
 Every error is a `ConfigError` on one line naming the dotted field, the value and what is
 allowed, e.g. ``train.epochs=0 is not allowed; allowed: an integer >= 1``. Unknown keys are
-errors. Epsilons are floats on the [0, 1] pixel scale; ``"8/255"`` is parsed once here by a
-tiny fraction parser (never ``eval``). Field reference: docs/spec-reference.md.
+errors. Epsilons are floats on the [0, 1] pixel scale; ``"8/255"`` is parsed once, at load, by
+a tiny fraction parser (never ``eval``). The per-field readers live in `sweeps._fields`.
+Field reference: docs/spec-reference.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sweeps._fields import (Section, as_choice, as_float, as_int, as_list, as_location, as_name,
+                            check_unique, fail, parse_number)
 from trainables.errors import ConfigError
 from trainables.tracking import default_paths, format_eps
 
@@ -38,131 +40,6 @@ STEP_RULES = ("auto", "relative", "absolute")
 # Input dimension C*H*W where fixed; an L2 epsilon at or above sqrt(dim) covers the whole cube.
 _INPUT_DIM = {"digits": 1 * 8 * 8, "cifar10": 3 * 32 * 32}
 
-_REQUIRED = object()
-_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_NUMBER_OR_FRACTION = re.compile(rf"^\s*({_NUMBER})\s*(?:/\s*({_NUMBER}))?\s*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-# --------------------------------------------------------------------------- field readers
-
-def fail(field: str, value: Any, allowed: str, *, problem: str | None = None) -> ConfigError:
-    """The one-line error: ``field=value is not allowed (or: problem); allowed: ...``."""
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return ConfigError(f"{field}={shown} {problem or 'is not allowed'}; allowed: {allowed}")
-
-
-def parse_number(value: Any, field: str) -> float:
-    """A finite float from a YAML number or a string like ``"8/255"`` or ``"5e-4"``."""
-    allowed = "a number such as 0.5, 5e-4 or a fraction such as 8/255"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise fail(field, value, allowed)
-    if isinstance(value, str):
-        match = _NUMBER_OR_FRACTION.match(value)
-        if match is None:
-            raise fail(field, value, allowed)
-        num, den = float(match.group(1)), match.group(2)
-        if den is not None and float(den) == 0.0:
-            raise fail(field, value, allowed, problem="divides by zero")
-        value = num / float(den) if den is not None else num
-    out = float(value)
-    if not math.isfinite(out):
-        raise fail(field, value, "a finite number")
-    return out
-
-
-def as_float(value: Any, field: str, *, lo: float | None = None, hi: float | None = None,
-             lo_open: bool = False, hi_open: bool = False) -> float:
-    """A float in ``[lo, hi]`` (either end open when asked)."""
-    out = parse_number(value, field)
-    if (lo is not None and (out <= lo if lo_open else out < lo)) or \
-            (hi is not None and (out >= hi if hi_open else out > hi)):
-        lo_s, hi_s = ("-inf" if lo is None else f"{lo:g}"), ("inf" if hi is None else f"{hi:g}")
-        raise fail(field, value, f"a number in {'(' if lo_open else '['}{lo_s}, {hi_s}"
-                                 f"{')' if hi_open else ']'}")
-    return out
-
-
-def as_int(value: Any, field: str, *, lo: int | None = None) -> int:
-    """An integer ``>= lo``; floats such as ``3.0`` and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
-        raise fail(field, value, "an integer" + (f" >= {lo}" if lo is not None else ""))
-    return value
-
-
-def as_choice(value: Any, field: str, allowed: Sequence[str]) -> str:
-    """One of ``allowed``, with a did-you-mean hint for near misses."""
-    if not isinstance(value, str) or value not in allowed:
-        close = difflib.get_close_matches(value, list(allowed), n=1) if isinstance(value, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise fail(field, value, ", ".join(allowed) + hint)
-    return value
-
-
-def as_name(value: Any, field: str) -> str:
-    """A name safe for directories and MLflow: letters, digits, ``_ . -``, at most 100 chars."""
-    if not isinstance(value, str) or _NAME.match(value) is None:
-        raise fail(field, value, "letters, digits, '_', '.', '-' (starting with a letter or digit,"
-                                 " at most 100 characters)")
-    return value
-
-
-def as_list(value: Any, field: str, *, allow_scalar: bool = False) -> list[Any]:
-    """A non-empty list (one scalar becomes a one-item list when ``allow_scalar``)."""
-    if allow_scalar and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return [value]
-    if not isinstance(value, (list, tuple)):
-        raise fail(field, value, "a list" + (" or a single value" if allow_scalar else ""))
-    if not value:
-        raise fail(field, value, "a non-empty list", problem="is an empty grid axis")
-    return list(value)
-
-
-def check_unique(values: Sequence[Any], field: str, raw: Sequence[Any]) -> None:
-    """Refuse duplicate grid values: each cell must run exactly once."""
-    first: dict[Any, int] = {}
-    for i, value in enumerate(values):
-        if value in first:
-            raise fail(f"{field}[{i}]", raw[i], "distinct values",
-                       problem=f"duplicates {field}[{first[value]}]")
-        first[value] = i
-
-
-class Section:
-    """One mapping of the YAML tree: hands out values by key and refuses unread keys."""
-
-    def __init__(self, raw: Any, path: str) -> None:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise fail(path or "spec", raw, "a mapping of keys to values")
-        self.raw, self.path, self._read = dict(raw), path, []
-
-    def field(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, default: Any = _REQUIRED) -> Any:
-        """The raw value of ``key``; ``default`` when absent or null; error when required."""
-        self._read.append(key)
-        value = self.raw.get(key)
-        if value is None and default is _REQUIRED:
-            raise fail(self.field(key), None, "a value", problem="is missing (required)")
-        return default if value is None else value
-
-    def done(self) -> None:
-        """Raise on the first key no reader asked for, suggesting the closest known key."""
-        known = sorted(set(self._read))
-        for key in self.raw:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                where = f"in '{self.path}'" if self.path else "at the top level"
-                raise ConfigError(f"{self.field(str(key))}: unknown key {where}{hint}; "
-                                  f"allowed: {', '.join(known)}")
-
-
-# --------------------------------------------------------------------------- the spec
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -307,7 +184,7 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
     name = as_name(top.get("name"), "name")
     dataset = _dataset(Section(top.get("dataset"), "dataset"), home=paths.home,
                        check_paths=check_paths)
-    archs = _archs(top.get("archs"))
+    archs, arch_fields = _archs(top.get("archs"))
     threats = _threats(top.get("threat_model"), top.get("epsilons"), dataset.name)
     seeds_raw = as_list(top.get("seeds", [0]), "seeds", allow_scalar=True)
     seeds = tuple(as_int(s, f"seeds[{i}]", lo=0) for i, s in enumerate(seeds_raw))
@@ -324,7 +201,7 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
     max_failures = as_int(top.get("max_failures", 2), "max_failures", lo=0)
     tracking = _tracking(Section(top.get("tracking", {}), "tracking"), paths=paths)
     storage_raw = top.get("storage", os.environ.get("UNISWEEP_STORAGE") or str(paths.storage_path))
-    storage = _location(storage_raw, "storage", home=paths.home)
+    storage = as_location(storage_raw, "storage", home=paths.home)
     description = top.get("description", "")
     if not isinstance(description, str):
         raise fail("description", description, "a string")
@@ -334,21 +211,11 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
 
         hpo = parse_hpo(Section(top.get("hpo"), "hpo"), archs=archs, threats=threats, seeds=seeds)
     top.done()
+    _check_arch_names(archs, arch_fields)
     return SweepSpec(name=name, dataset=dataset, archs=archs, threats=threats, seeds=seeds,
                      train=train, eval=evaluation, resources=resources,
                      max_concurrent=max_concurrent, max_failures=max_failures, tracking=tracking,
                      storage=storage, hpo=hpo, description=description, source=source)
-
-
-def _location(value: Any, field: str, *, home: Path) -> str:
-    """A URI (``s3://...``) unchanged, or a local path made absolute against UNISWEEP_HOME."""
-    if not isinstance(value, str) or not value.strip():
-        raise fail(field, value, "a path or a URI such as s3://bucket/prefix")
-    value = os.path.expandvars(value.strip())
-    if ("://" in value and not value.startswith("file://")) or "$" in value:
-        return value  # a URI, or a path naming a variable unset here (set on the cluster)
-    local = Path(value.removeprefix("file://")).expanduser()
-    return str(local if local.is_absolute() else (home / local).resolve())
 
 
 def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
@@ -358,7 +225,7 @@ def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
         raise fail(sec.field("root"), None, f"the local directory holding {name}",
                    problem=f"is missing (required for {name}; nothing is downloaded)")
     if root is not None:
-        root = _location(root, sec.field("root"), home=home)
+        root = as_location(root, sec.field("root"), home=home)
         if check_paths and not Path(root).is_dir():
             raise fail(sec.field("root"), root, "an existing directory", problem="does not exist")
     eval_size = sec.get("eval_size", None)
@@ -375,11 +242,11 @@ def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
     return out
 
 
-def _archs(value: Any) -> tuple[ArchSpec, ...]:
-    from trainables.models import MODELS
-
+def _archs(value: Any) -> tuple[tuple[ArchSpec, ...], tuple[str, ...]]:
+    """The architectures and the field each name came from; names are checked against the
+    model registry later, by `_check_arch_names` (it imports torch)."""
     raw = as_list(value, "archs", allow_scalar=True)
-    archs = []
+    archs, fields = [], []
     for i, item in enumerate(raw):
         field = f"archs[{i}]"
         if isinstance(item, Mapping):
@@ -393,10 +260,24 @@ def _archs(value: Any) -> tuple[ArchSpec, ...]:
             arch = ArchSpec(name=item)
         else:
             raise fail(field, item, "an architecture name or a mapping {name: ..., width: ...}")
-        as_choice(arch.name, field, sorted(MODELS))
+        if not isinstance(arch.name, str):
+            _check_arch_names([arch], [field])  # not a name at all: the error lists the names
         archs.append(arch)
+        fields.append(field)
     check_unique(archs, "archs", raw)
-    return tuple(archs)
+    return tuple(archs), tuple(fields)
+
+
+def _check_arch_names(archs: Sequence[ArchSpec], fields: Sequence[str]) -> None:
+    """Each name must be a key of `trainables.models.MODELS`.
+
+    Run after every other field is checked, so that a typo elsewhere in the spec is reported
+    without first importing torch (seconds at the command line).
+    """
+    from trainables.models import MODELS
+
+    for arch, field in zip(archs, fields):
+        as_choice(arch.name, field, sorted(MODELS))
 
 
 def _threats(threat_value: Any, eps_value: Any, dataset: str) -> tuple[ThreatSpec, ...]:
@@ -501,6 +382,6 @@ def _tracking(sec: Section, *, paths: Any) -> TrackingSpec:
     remote = uri.startswith(("http://", "https://", "databricks"))
     default_art = None if remote else str(paths.artifact_root)
     art = sec.get("artifact_location", default_art)
-    art = None if art is None else _location(art, sec.field("artifact_location"), home=paths.home)
+    art = None if art is None else as_location(art, sec.field("artifact_location"), home=paths.home)
     sec.done()
     return TrackingSpec(uri=uri, artifact_location=art)

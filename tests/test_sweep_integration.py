@@ -1,13 +1,15 @@
 """Sweeps end to end on real Ray Tune and a real sqlite MLflow store (digits, tiny models).
 
 Covers: one FINISHED child run per cell with tags/params/per-epoch metrics and a loadable
-checkpoint that reproduces the logged accuracy; a trial crashing mid-training and resuming
+checkpoint that reproduces the logged accuracy; a resume whose Tune state predates a trial's end
+(that cell is reported from MLflow, not retrained); a trial crashing mid-training and resuming
 from its checkpoint to bit-identical weights; the driver killed and the sweep resumed from the
 command line; a resume after Tune's state was lost; the Optuna tuning phase.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -67,6 +69,46 @@ def steps(client, run_id: str, metric: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
 
 
+def rewind_trial_state(experiment_dir: Path, trial_id: str) -> None:
+    """Make Tune's newest saved state say trial ``trial_id`` is still running, with no checkpoint.
+
+    That is the state Tune last saved when the driver died after the trial ended (its MLflow run
+    is FINISHED) but before Tune saved again: on restore Tune starts that trial from scratch.
+    """
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    state_file = max(experiment_dir.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for pair in state["trial_data"]:
+        trial = json.loads(pair[0])
+        if trial["trial_id"] != trial_id:
+            continue
+        assert trial["status"] == "TERMINATED"
+        pair[0] = json.dumps({**trial, "status": "RUNNING"})
+        meta = _TrainingRunMetadata.from_json_state(pair[1])
+        meta.checkpoint_manager = _CheckpointManager(meta.checkpoint_manager.checkpoint_config)
+        meta.invalidate_cache()
+        pair[1] = meta.get_json_state()
+        state_file.write_text(json.dumps(state))
+        return
+    raise AssertionError(f"trial {trial_id} not in {state_file}")
+
+
+def trial_status(experiment_dir: Path, trial_id: str) -> str:
+    """The status of trial ``trial_id`` in Tune's newest saved state."""
+    state_file = max(experiment_dir.glob("experiment_state-*.json"))
+    trials = [json.loads(pair[0]) for pair in json.loads(state_file.read_text())["trial_data"]]
+    return next(t["status"] for t in trials if t["trial_id"] == trial_id)
+
+
+def history(client, run_id: str) -> dict[str, list[tuple[int, float, int]]]:
+    """Every metric's full logged history: (step, value, timestamp) in logging order."""
+    metrics = client.get_run(run_id).data.metrics
+    return {k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, k)]
+            for k in sorted(metrics)}
+
+
 def test_mini_sweep_one_finished_child_run_per_cell(ray_session, tmp_path, mlflow_store):
     path = write_spec(tmp_path, name="mini", archs=["mlp", "cnn"], epsilons=[0, 0.1], seeds=[0],
                       epochs=2, tracking=tracking_of(mlflow_store),
@@ -105,6 +147,25 @@ def test_mini_sweep_one_finished_child_run_per_cell(ray_session, tmp_path, mlflo
     summary = client.download_artifacts(handle.parent_run_id, "summary.csv", str(tmp_path))
     lines = Path(summary).read_text().strip().splitlines()
     assert lines[0].startswith("arch,threat,eps,seed") and len(lines) == 1 + 4
+
+    # Resume when Tune's last saved state predates a trial's end (the driver died between the
+    # trial finishing and Tune saving): Tune reruns that trial, which finds its MLflow run
+    # FINISHED and reports it instead of training. The run's history and end time are untouched.
+    done = next(r for r in runs if r.data.tags[tr.TAG_CELL] == "cnn_linf_eps0.1_seed0")
+    done_id, trial_id = done.info.run_id, done.data.tags[tr.TAG_TRIAL_ID]
+    before = history(client, done_id)
+    assert len(before[tr.METRIC_EPOCH]) == 2 and len(before[tr.METRIC_FINAL_CLEAN_ACC]) == 1
+    rewind_trial_state(Path(experiment_path(spec)), trial_id)
+    resume_sweep(str(path))
+    after_run = client.get_run(done_id)
+    assert after_run.info.status == "FINISHED"
+    assert after_run.info.end_time == done.info.end_time
+    assert history(client, done_id) == before
+    assert trial_status(Path(experiment_path(spec)), trial_id) == "TERMINATED"
+    _, again = trial_runs(spec.tracking.uri, "mini")
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
+    assert {r.info.status for r in again} == {"FINISHED"}
+    assert client.get_run(handle.parent_run_id).info.status == "FINISHED"
 
     # Resume when Tune's state is lost (the driver died before Tune first saved it) with one
     # trial caught mid-run: only that cell trains again; its old run ends as KILLED.

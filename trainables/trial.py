@@ -13,6 +13,10 @@ crashed worker, `Tuner.restore`) the trial finds its run again by tags (sweep + 
 and continues it; the run is always ended (FINISHED, or FAILED on an exception). The final
 checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `checkpoint/`.
 
+A trial whose run is already FINISHED with its checkpoint logged (the driver died after the
+trial ended but before Tune saved that) is never trained again: it reports the run's final
+metrics with the logged checkpoint, so Tune marks it done, and writes nothing to the run.
+
 ``_fault`` is a test-only switch: after reporting epoch ``after_epoch`` the trial fails once
 (``mode="raise"`` raises, ``mode="exit"`` kills the worker process), recorded by a marker file
 under ``marker_dir`` so the restarted trial runs through. Real sweeps never set it.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -90,12 +95,12 @@ def train_config_dict(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _open_run(client: Any, trk: dict[str, Any], *, trial_id: str, key: str,
+def _open_run(client: Any, trk: dict[str, Any], run: Any, *, trial_id: str, key: str,
               params: dict[str, Any], tags: dict[str, str]) -> str:
-    """Find this trial's run by tag (continue it) or create it as a child of the sweep run."""
+    """Continue this trial's earlier run (``run``, found by tag) or create it as a child of the
+    sweep run; return the run id."""
     from mlflow.entities import Param
 
-    run = tr.find_trial_run(client, trk["experiment_id"], sweep=trk["sweep"], trial_id=trial_id)
     if run is not None:
         tr.with_retries(client.update_run, run.info.run_id, status="RUNNING")
         log.info("continuing MLflow run %s of trial %s", run.info.run_id, trial_id)
@@ -106,6 +111,29 @@ def _open_run(client: Any, trk: dict[str, Any], *, trial_id: str, key: str,
     for batch in tr.chunks([Param(k, v[:6000]) for k, v in flat.items()], 100):
         tr.with_retries(client.log_batch, run.info.run_id, params=batch)
     return run.info.run_id
+
+
+def _report_finished(client: Any, run: Any, *, trial_id: str) -> bool:
+    """If ``run`` is FINISHED with its checkpoint logged, report it to Tune and return True.
+
+    Reports the run's final metric values with the logged final checkpoint (downloaded to a
+    temporary folder; Tune copies it during `tune.report`). Reads from MLflow only: the run's
+    status, end time and metric histories stay as they were.
+    """
+    from ray import tune
+
+    if run is None or run.info.status != "FINISHED":
+        return False
+    run_id = run.info.run_id
+    logged = tr.with_retries(client.list_artifacts, run_id, tr.ARTIFACT_CHECKPOINT)
+    if not set(_CHECKPOINT_FILES) <= {Path(a.path).name for a in logged}:
+        return False
+    log.info("trial %s: MLflow run %s is already FINISHED; reporting it instead of training",
+             trial_id, run_id)
+    with tempfile.TemporaryDirectory(prefix="unisweep-finished-") as tmp:
+        local = tr.with_retries(client.download_artifacts, run_id, tr.ARTIFACT_CHECKPOINT, tmp)
+        tune.report(dict(run.data.metrics), checkpoint=tune.Checkpoint.from_directory(local))
+    return True
 
 
 def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> None:
@@ -127,19 +155,23 @@ def run_trial(config: dict[str, Any]) -> None:
     from mlflow.entities import Metric
     from ray import tune
 
-    from trainables.train import TrainConfig, train_model
-
-    cfg = TrainConfig.from_dict(train_config_dict(config))
     trk = config["tracking"]
     trial_id = tune.get_context().get_trial_id()
+    client = tr.make_client(trk["uri"])
+    run = tr.find_trial_run(client, trk["experiment_id"], sweep=trk["sweep"], trial_id=trial_id)
+    if _report_finished(client, run, trial_id=trial_id):
+        return  # trained before the driver's last restart: never train (or log) it again
+
+    from trainables.train import TrainConfig, train_model  # torch: only when training
+
+    cfg = TrainConfig.from_dict(train_config_dict(config))
     key = cell_key(config)
     tags = {tr.TAG_SWEEP: trk["sweep"], tr.TAG_TRIAL_ID: trial_id, tr.TAG_CELL: key,
             tr.TAG_ARCH: cfg.arch, tr.TAG_WIDTH: repr(cfg.width), tr.TAG_EPS: tr.format_eps(cfg.eps),
             tr.TAG_SEED: str(cfg.seed), tr.TAG_THREAT_MODEL: cfg.threat_model,
             tr.TAG_DATASET: cfg.dataset, tr.TAG_ROLE: trk["role"],
             tr.TAG_PARENT: trk["parent_run_id"]}
-    client = tr.make_client(trk["uri"])
-    run_id = _open_run(client, trk, trial_id=trial_id, key=key, tags=tags,
+    run_id = _open_run(client, trk, run, trial_id=trial_id, key=key, tags=tags,
                        params={**cfg.to_dict(), "cell": key})
 
     def report(metrics: dict[str, Any], ckpt_dir: Path) -> None:
