@@ -1,4 +1,4 @@
-"""``python -m analysis run SWEEP`` / ``python -m analysis report SWEEP``.
+"""``python -m analysis run SWEEP`` / ``report SWEEP`` / ``reproduce SWEEP``.
 
 User errors (unknown sweep, unknown measure, bad actors count, ...) print one line and exit 2,
 without a traceback. Progress goes to stderr; the final lines say where the report is.
@@ -7,9 +7,11 @@ without a traceback. Progress goes to stderr; the final lines say where the repo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 from trainables.errors import UserError
 
@@ -20,25 +22,25 @@ class _Progress:
     """One progress line per stage: ``pairs 120/450 (26.7%, 41.2/s)``, redrawn in place on a
     terminal, printed at most every 5 s otherwise (logs of a batch job stay short)."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.tty = stream, stream.isatty()
+    def __init__(self, stream: TextIO | None = None):
+        self._stream = stream  # None: whatever sys.stderr is when a line is written
         self.start: dict[str, float] = {}
         self.last = 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        stream = self._stream or sys.stderr
+        tty = stream.isatty()
         now = time.monotonic()
         t0 = self.start.setdefault(stage, now)
         final = done >= total
-        if not (self.tty or final or now - self.last >= 5.0):
+        if not (tty or final or now - self.last >= 5.0):
             return
         self.last = now
-        rate = done / max(now - t0, 1e-9)
-        line = f"{stage} {done}/{total} ({100 * done / max(total, 1):.1f}%, {rate:.1f}/s)"
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        elapsed = now - t0
+        rate = f", {done / elapsed:.1f}/s" if elapsed > 0.05 else ""
+        line = f"{stage} {done}/{total} ({100 * done / max(total, 1):.1f}%{rate})"
+        stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
+        stream.flush()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,17 +55,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--actors", type=int, default=2,
                      help="Ray actors for the pair engine (0 = serial, no Ray); default 2")
     run.add_argument("--input-sets", default="clean",
-                     help="comma separated: clean, adv (per model), adv_shared; default clean")
+                     help="comma separated: clean, adv (per model), adv_shared, inverted (per "
+                          "model), train_split; options as name:key=value[:key=value], e.g. "
+                          "inverted:iterations=200:num_targets=64; default clean")
     run.add_argument("--tracking-uri", default=None)
-    run.add_argument("--data-root", default=None)
-    run.add_argument("--eval-size", type=int, default=None)
-    run.add_argument("--data-seed", type=int, default=None)
     run.add_argument("--retry-errors", action="store_true",
                      help="recompute pairs stored with status=error")
     run.add_argument("--no-report", action="store_true", help="skip building the report")
     rep = sub.add_parser("report", help="figures + HTML report from the stored table")
     rep.add_argument("sweep")
     rep.add_argument("--tracking-uri", default=None)
+    rpr = sub.add_parser("reproduce", help="the paper's experiments and a verdict on SPEC §8's "
+                                          "eight targets -> reports/<sweep>/reproduction.md")
+    rpr.add_argument("sweep")
+    rpr.add_argument("--tracking-uri", default=None)
+    rpr.add_argument("--ray", action="store_true",
+                     help="run inversion and feature extraction as Ray tasks (a local Ray is "
+                          "started unless RAY_ADDRESS names a cluster)")
+    rpr.add_argument("--max-train", type=int, default=None,
+                     help="train-split images for the probes (seeded subset; default: all)")
+    for cmd in (run, rpr):
+        g = cmd.add_argument_group("eval-set overrides (default: read from the sweep's runs)")
+        g.add_argument("--data-root", default=None)
+        g.add_argument("--eval-size", type=int, default=None)
+        g.add_argument("--data-seed", type=int, default=None)
     return p
 
 
@@ -102,13 +117,33 @@ def _report(args) -> None:
     print("browse runs and report artifacts with: make ui")
 
 
+def _reproduce(args) -> None:
+    from analysis.pipeline import ensure_ray, resolve_tracking_uri
+    from analysis.reproduce import run_reproduction
+
+    started = ensure_ray(1 if args.ray else 0)
+    try:
+        md = run_reproduction(args.sweep, tracking_uri=resolve_tracking_uri(args.tracking_uri),
+                              data_root=args.data_root, eval_size=args.eval_size,
+                              data_seed=args.data_seed, max_train=args.max_train,
+                              use_ray=args.ray, progress=_Progress())
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    for t in json.loads(md.with_suffix(".json").read_text())["targets"]:
+        print(f"  target {t['number']}: {t['status']} - {t['title']}")
+    print(f"reproduction: {md}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     from analysis.measures import MeasureInputError
 
     try:
-        (_run if args.cmd == "run" else _report)(args)
+        {"run": _run, "report": _report, "reproduce": _reproduce}[args.cmd](args)
     except (UserError, MeasureInputError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         print(f"error: {'; '.join(lines) or type(exc).__name__}", file=sys.stderr)

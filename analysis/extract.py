@@ -1,29 +1,21 @@
 """Per-model artifacts on fixed, hashed input sets, computed once and cached on disk.
 
-For every model and every input array it must see, one forward pass gives the penultimate
-features (``model.features``, float32), logits, predictions and probabilities. Input sets:
+For every model and every input array it must see (the input sets of ``analysis.inputs``:
+``clean``, ``adv``, ``adv_shared``, ``inverted``, ...), one forward pass gives the penultimate
+features (``model.features``, float32), logits, predictions and probabilities. ``extract_all``
+builds each input array once, then runs one job per model that loads the model once and
+forwards every array it meets; both run as Ray tasks or serially.
 
-- ``clean``: the dataset's fixed evaluation subset (``trainables.data`` ``eval_indices`` /
-  ``eval_hash``), identical for every model;
-- ``adv``: *per model* — each model attacked with PGD at its own training eps and threat model
-  (for a standard model, eps 0, these are the clean images). Row model i's inputs are used for
-  every entry (i, j) of the matrix, so the matrix is asymmetric;
-- ``adv_shared``: one attack set made against a chosen source model (default: the most robust
-  model), identical for every model.
-
-A new per-model input set (e.g. Jones et al.'s inverted images) registers an ``InputSet``
-subclass with ``register_input_set``. The arrays are cached as ``.npz`` (never pickle) under
-``reports/<sweep>/cache/``: the inputs of generated sets at ``inputs/<hash16>.npz`` and the
-artifacts at ``<run_id>/<inputs_hash16>_<layer>.npz``.
+The arrays are cached as ``.npz`` (never pickle) under ``reports/<sweep>/cache/``: the inputs of
+generated sets at ``inputs/<hash16>.npz`` and the artifacts at
+``<run_id>/<inputs_hash16>_<layer>.npz``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,247 +23,50 @@ from typing import Any
 
 import numpy as np
 
+from analysis.inputs import (
+    INPUT_SETS,
+    CleanInputs,
+    EvalSet,
+    InputSet,
+    OwnAdversarialInputs,
+    SharedAdversarialInputs,
+    TrainSplitInputs,
+    array_hash,
+    check_data_hash,
+    load_eval_set,
+    load_eval_sets,
+    make_input_set,
+    register_input_set,
+)
 from analysis.models import ModelRef, load_model
-from trainables.errors import ConfigError, DataError
+from trainables.errors import DataError
 
 __all__ = [
     "LAYER",
+    "Block",
+    "forward_artifacts",
+    "ArtifactCache",
+    "extract_all",
+    # input sets, re-exported from analysis.inputs
     "EvalSet",
-    "Inputs",
     "InputSet",
     "CleanInputs",
     "OwnAdversarialInputs",
     "SharedAdversarialInputs",
+    "TrainSplitInputs",
     "INPUT_SETS",
     "register_input_set",
     "make_input_set",
     "load_eval_set",
+    "load_eval_sets",
     "check_data_hash",
-    "forward_artifacts",
-    "ArtifactCache",
+    "array_hash",
 ]
 
 log = logging.getLogger(__name__)
 
 LAYER = "penultimate"  # model.features: the pooled penultimate representation
 ARTIFACT_KEYS = ("features", "logits", "preds", "probs", "labels")
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """A dataset's fixed evaluation subset.
-
-    Attributes:
-        dataset: dataset name.
-        X: images, float32 (N, C, H, W) in [0, 1].
-        y: labels, int64 (N,).
-        indices: positions in the dataset's test split, int64 (N,), sorted.
-        hash: ``eval_hash`` of ``trainables.data`` (sha256 hex of inputs + labels + indices).
-        num_classes: number of classes.
-    """
-
-    dataset: str
-    X: np.ndarray
-    y: np.ndarray
-    indices: np.ndarray
-    hash: str
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """One concrete input array every model of a block is run on.
-
-    Attributes:
-        key: hash naming these inputs (cache key and the table's ``inputs_hash``), 64 hex.
-        X: float32 (N, C, H, W) in [0, 1].
-        y: int64 (N,) ground-truth labels of the underlying clean images.
-        info: provenance (set name, source model, attack params, eval indices hash).
-    """
-
-    key: str
-    X: np.ndarray
-    y: np.ndarray
-    info: Mapping[str, Any]
-
-
-def _sha(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-def array_hash(*arrays: np.ndarray) -> str:
-    """sha256 hex of the arrays' dtypes, shapes and bytes."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-class InputSet(ABC):
-    """A named input set. Shared sets give one array for all models; per-model sets one each.
-
-    Subclasses set ``name`` and ``per_model`` and implement ``key`` (cheap: identifies the
-    inputs *before* they are built, so cached inputs are not rebuilt) and ``build``.
-    """
-
-    name: str = ""
-    per_model: bool = False
-
-    def params(self) -> dict[str, Any]:
-        """The options that change the inputs (recorded in the cache and MLflow)."""
-        return {}
-
-    def source_for(self, models: Sequence[ModelRef]) -> list[ModelRef | None]:
-        """The models whose inputs are built: every model for per-model sets, else one."""
-        return list(models) if self.per_model else [None]
-
-    def key(self, base: EvalSet, source: ModelRef | None) -> str:
-        """Hash of (eval set, set name, params, source model): names the inputs."""
-        params = json.dumps(self.params(), sort_keys=True)
-        return _sha(base.hash, self.name, params, source.run_id if source else "")
-
-    @abstractmethod
-    def build(self, base: EvalSet, source: ModelRef | None, *,
-              tracking_uri: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """Build ``(X float32 (N,C,H,W), y int64 (N,))`` for ``source`` (None: shared set)."""
-
-
-class CleanInputs(InputSet):
-    """The fixed clean evaluation subset; its key is the dataset's ``eval_hash`` itself."""
-
-    name = "clean"
-    per_model = False
-
-    def key(self, base: EvalSet, source: ModelRef | None) -> str:
-        return base.hash
-
-    def build(self, base, source, *, tracking_uri):
-        return base.X, base.y
-
-
-class _AttackInputs(InputSet):
-    """PGD inputs made against one model (``trainables.attacks.pgd``), seeded."""
-
-    def __init__(self, *, steps: int = 10, rel_step: float = 2.5, seed: int = 0,
-                 batch_size: int = 256):
-        if steps < 1:
-            raise ConfigError(f"adv.steps must be >= 1, got adv.steps={steps}")
-        if rel_step <= 0:
-            raise ConfigError(f"adv.rel_step must be > 0, got adv.rel_step={rel_step}")
-        self.steps, self.rel_step, self.seed, self.batch_size = steps, rel_step, seed, batch_size
-
-    def params(self) -> dict[str, Any]:
-        # step size = rel_step * eps / steps (Madry et al.'s 2.5 eps / steps convention)
-        return {"steps": self.steps, "rel_step": self.rel_step, "seed": self.seed}
-
-    def _attack(self, base: EvalSet, target: ModelRef, *, tracking_uri):
-        import torch
-
-        from trainables.attacks import pgd
-
-        if target.eps <= 0:
-            return base.X, base.y  # eps 0: the attack is the identity
-        model, _ = load_model(target, tracking_uri=tracking_uri)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model.to(device)
-        gen = torch.Generator(device=device).manual_seed(self.seed)
-        out = []
-        for start in range(0, len(base.X), self.batch_size):
-            x = torch.from_numpy(np.array(base.X[start:start + self.batch_size])).to(device)
-            y = torch.from_numpy(np.array(base.y[start:start + self.batch_size])).to(device)
-            x_adv = pgd(model, x, y, norm=target.threat_model, eps=target.eps,
-                        step_size=self.rel_step * target.eps / self.steps, steps=self.steps,
-                        random_start=True, generator=gen)
-            out.append(x_adv.detach().cpu().numpy().astype(np.float32))
-        return np.concatenate(out), base.y
-
-
-class OwnAdversarialInputs(_AttackInputs):
-    """Per model: the model attacked at its own training eps and threat model."""
-
-    name = "adv"
-    per_model = True
-
-    def build(self, base, source, *, tracking_uri):
-        if source is None:
-            raise ValueError("adv is a per-model input set; a source model is required")
-        return self._attack(base, source, tracking_uri=tracking_uri)
-
-
-class SharedAdversarialInputs(_AttackInputs):
-    """One attack set made against a chosen model (run id or label; default: highest eps)."""
-
-    name = "adv_shared"
-    per_model = False
-
-    def __init__(self, *, source: str | None = None, **kw: Any):
-        super().__init__(**kw)
-        self.source = source
-
-    def source_for(self, models):
-        if not models:
-            return [None]
-        if self.source is None:
-            return [max(models, key=lambda m: (m.eps, -models.index(m)))]
-        for m in models:
-            if self.source in (m.run_id, m.label):
-                return [m]
-        raise ConfigError(
-            f"adv_shared.source={self.source!r} is not a model of this sweep; "
-            f"known: {[m.label for m in models]}"
-        )
-
-    def build(self, base, source, *, tracking_uri):
-        return self._attack(base, source, tracking_uri=tracking_uri)
-
-
-INPUT_SETS: dict[str, Callable[..., InputSet]] = {
-    "clean": CleanInputs,
-    "adv": OwnAdversarialInputs,
-    "adv_shared": SharedAdversarialInputs,
-}
-
-
-def register_input_set(name: str, factory: Callable[..., InputSet]) -> None:
-    """Hook for new input sets (e.g. ``inverted`` from ``analysis.inversion``)."""
-    INPUT_SETS[name] = factory
-
-
-def make_input_set(name: str, **options: Any) -> InputSet:
-    """Instantiate a registered input set by name; unknown names raise ``ConfigError``."""
-    if name not in INPUT_SETS:
-        raise ConfigError(f"unknown input set {name!r}; known: {sorted(INPUT_SETS)}")
-    return INPUT_SETS[name](**options)
-
-
-def load_eval_set(dataset: str, *, root: str | None = None, seed: int = 0,
-                  eval_size: int | None = None) -> EvalSet:
-    """Load a dataset's fixed evaluation subset through ``trainables.data.load_dataset``."""
-    from trainables.data import load_dataset
-
-    bundle = load_dataset(dataset, root=root, seed=seed, eval_size=eval_size)
-    X, y = bundle.eval_tensors()
-    X = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
-    y = np.ascontiguousarray(np.asarray(y, dtype=np.int64))
-    return EvalSet(dataset, X, y, np.asarray(bundle.eval_indices, dtype=np.int64),
-                   str(bundle.eval_hash), int(bundle.num_classes))
-
-
-def check_data_hash(ref: ModelRef, base: EvalSet) -> None:
-    """Refuse a model evaluated on other inputs than ``base`` (meta.json ``data_hash``).
-
-    Raises:
-        DataError: naming the model, its data hash and the expected one.
-    """
-    if ref.data_hash != base.hash:
-        raise DataError(
-            f"model {ref.label} (run {ref.run_id}) was evaluated on inputs with data_hash "
-            f"{ref.data_hash[:16] or '<none>'}..., but the {base.dataset} eval set of this "
-            f"analysis has hash {base.hash[:16]}...; its features would not be comparable, so it "
-            f"is refused (retrain it on the same eval set or pass matching --data-seed/--eval-size)"
-        )
 
 
 def forward_artifacts(model, X: np.ndarray, y: np.ndarray, *, batch_size: int = 512,
@@ -382,19 +177,31 @@ def _forward_task(ref: ModelRef, keys: list[str], tracking_uri, *arrays: np.ndar
 
 
 def _run_jobs(jobs: list[tuple[str, Callable, tuple, float]], *, use_ray: bool,
-              progress: Callable[[str, int, int], None] | None, what: str):
-    """Run ``(name, fn, args, num_gpus)`` jobs; returns name -> result or the exception raised."""
+              progress: Callable[[str, int, int], None] | None, what: str,
+              on_result: Callable[[str, Any], None] | None = None):
+    """Run ``(name, fn, args, num_gpus)`` jobs; returns name -> result or the exception raised.
+
+    ``on_result(name, result)`` runs as each job finishes (the caller caches it there, so an
+    interrupted run keeps every finished job).
+    """
     out: dict[str, Any] = {}
     if not jobs:
         return out
+
+    def finish(name: str, result: Any) -> None:
+        out[name] = result
+        if on_result:
+            on_result(name, result)
+        if progress:
+            progress(what, len(out), len(jobs))
+
     if not use_ray:
-        for i, (name, fn, args, _) in enumerate(jobs):
+        for name, fn, args, _ in jobs:
             try:
-                out[name] = fn(*args)
+                result = fn(*args)
             except Exception as exc:  # noqa: BLE001 - recorded per job and reported
-                out[name] = exc
-            if progress:
-                progress(what, i + 1, len(jobs))
+                result = exc
+            finish(name, result)
         return out
     import ray
 
@@ -403,11 +210,10 @@ def _run_jobs(jobs: list[tuple[str, Callable, tuple, float]], *, use_ray: bool,
         done, _ = ray.wait(list(pending), num_returns=1)
         name = pending.pop(done[0])
         try:
-            out[name] = ray.get(done[0])
+            result = ray.get(done[0])
         except Exception as exc:  # noqa: BLE001 - a RayTaskError wraps the job's own error
-            out[name] = getattr(exc, "cause", None) or exc
-        if progress:
-            progress(what, len(jobs) - len(pending), len(jobs))
+            result = getattr(exc, "cause", None) or exc
+        finish(name, result)
     return out
 
 
@@ -454,8 +260,19 @@ def extract_all(models: Sequence[ModelRef], input_sets: Sequence[InputSet], *,
                 if iset.name != "clean" and not path.exists():
                     g = source.num_gpus if source else 0.0
                     jobs.append((key, _build_task, (iset, bases[dataset], source, tracking_uri), g))
+    made_by = {key: (iset, dataset, source) for iset, dataset, source, key, _ in plan}
+
+    def save_inputs(key: str, res: Any) -> None:
+        if isinstance(res, Exception):
+            return
+        iset, dataset, source = made_by[key]
+        X, y = res
+        cache.save(cache.inputs_path(key), {"X": X, "y": y, "info": np.array(json.dumps(
+            {"set": iset.name, "params": iset.params(), "dataset": dataset,
+             "source": source.run_id if source else None, "content_hash": array_hash(X, y)}))})
+
     built = _run_jobs(list({j[0]: j for j in jobs}.values()), use_ray=use_ray, progress=progress,
-                      what="inputs")
+                      what="inputs", on_result=save_inputs)
     inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for iset, dataset, source, key, _ in plan:
         if iset.name == "clean":
@@ -467,12 +284,6 @@ def extract_all(models: Sequence[ModelRef], input_sets: Sequence[InputSet], *,
             failures[f"{iset.name}:{source.run_id if source else dataset}"] = (
                 f"building {iset.name} inputs for {who} failed: {type(res).__name__}: {res}")
             continue
-        if res is not None:
-            X, y = res
-            cache.save(cache.inputs_path(key), {"X": X, "y": y, "info": np.array(json.dumps(
-                {"set": iset.name, "params": iset.params(), "dataset": dataset,
-                 "source": source.run_id if source else None,
-                 "content_hash": array_hash(X, y)}))})
         z = cache.load(cache.inputs_path(key))
         inputs[key] = (z["X"], z["y"])
     # 2. artifacts: per model, every input array it meets, one job loading the model once
@@ -496,14 +307,17 @@ def extract_all(models: Sequence[ModelRef], input_sets: Sequence[InputSet], *,
         arrays = [a for k in keys for a in refs[k]]
         fjobs.append((run_id, _forward_task, (by_id[run_id], keys, tracking_uri, *arrays),
                       by_id[run_id].num_gpus))
-    done = _run_jobs(fjobs, use_ray=use_ray, progress=progress, what="features")
-    for run_id, res in done.items():
+
+    def save_artifacts(run_id: str, res: Any) -> None:
         if isinstance(res, Exception):
             failures[run_id] = f"{type(res).__name__}: {res}"
             log.warning("model %s skipped: %s", by_id[run_id].label, res)
-            continue
+            return
         for key, arrays in res.items():
             cache.save(cache.artifact_path(run_id, key), arrays)
+
+    _run_jobs(fjobs, use_ray=use_ray, progress=progress, what="features",
+              on_result=save_artifacts)
     # 3. blocks over the models whose artifacts exist
     blocks = []
     for iset, dataset, source, key, group in plan:

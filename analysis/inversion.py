@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from analysis.inputs import EvalSet, InputSet
 from trainables.errors import ConfigError
 
 __all__ = [
@@ -329,8 +330,6 @@ def invert_on_ray(
 
 # --- engine hook: the inverted images as a per-model input set ----------------------------------
 
-from analysis.extract import EvalSet, InputSet  # noqa: E402  (engine types; after the core)
-
 
 class InvertedInputs(InputSet):
     """Per-model input set of ``analysis.extract``: each model's inversions of the eval set.
@@ -338,8 +337,8 @@ class InvertedInputs(InputSet):
     Row model i's inputs are model i's inverted images; every model is run on them, so entry
     (i, j) = measure(f_i(inv_i), f_j(inv_i)) as in SPEC §3. The seed/target pairing is drawn
     from the eval labels with ``pairing_seed`` and is shared by all models. The labels returned
-    are the *targets'* labels. Register with
-    ``analysis.extract.register_input_set("inverted", InvertedInputs)``.
+    are the *targets'* labels. Registered in ``analysis.inputs.INPUT_SETS`` as ``inverted``
+    (``python -m analysis run SWEEP --input-sets clean,inverted``).
     """
 
     name = "inverted"
@@ -357,6 +356,16 @@ class InvertedInputs(InputSet):
         return {"iterations": self.config.iterations, "num_targets": self.num_targets,
                 "pairing_seed": self.pairing_seed, "step_size": self.config.step_size,
                 "momentum": self.config.momentum, "radius": self.config.radius}
+
+    def size(self, base: EvalSet) -> int:
+        n = int(len(base.y))
+        if self.num_targets is None:
+            return n
+        if isinstance(self.num_targets, bool) or not isinstance(self.num_targets, int) \
+                or not 1 <= self.num_targets <= n:
+            raise ConfigError(f"inverted.num_targets must be an int in [1, {n}] (the eval set's "
+                              f"size), got num_targets={self.num_targets!r}")
+        return self.num_targets
 
     def pairs(self, base: EvalSet) -> tuple[np.ndarray, np.ndarray]:
         """The shared (seed_idx, target_idx) pairing for ``base``."""

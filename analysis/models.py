@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +55,10 @@ class ModelRef:
         data_hash: ``meta.json`` ``data_hash`` (the eval set the trial was evaluated on).
         num_classes: number of classes of the model's head.
         num_gpus: GPUs the trial ran with (extraction asks for the same).
-        params: the run's MLflow params (strings), for data-loading options.
+        params: the run's MLflow params (strings).
+        data: how the trial drew its data, the ``trainables.data.load_dataset`` options
+            ``root``, ``eval_size``, ``eval_seed``, ``image_size`` (from the run's params, else
+            ``meta.json``'s ``config``), so the analysis reloads the same eval set unasked.
     """
 
     run_id: str
@@ -73,6 +77,7 @@ class ModelRef:
     num_classes: int = 0
     num_gpus: float = 0.0
     params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def is_robust(self) -> bool:
@@ -127,9 +132,41 @@ def _label(arch: str, eps: float, seed: int) -> str:
     return f"{arch}-e{eps:g}-s{seed}"
 
 
+# load_dataset option -> TrainConfig field (logged as a run param and in meta.json's config)
+_DATA_FIELDS = {"root": "data_root", "eval_size": "eval_size", "eval_seed": "eval_seed",
+                "image_size": "image_size"}
+
+
+def _data_options(params: dict[str, str], meta: dict[str, Any]) -> dict[str, Any]:
+    """The trial's data options: MLflow params (``data_root`` or ``<prefix>.data_root``, ...)
+    first, then ``meta.json`` ``config``; missing ones keep ``load_dataset``'s defaults."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    out: dict[str, Any] = {"root": None, "eval_size": None, "eval_seed": 0, "image_size": None}
+    for option, name in _DATA_FIELDS.items():
+        raw: Any = next((v for k, v in params.items() if k == name or k.endswith("." + name)),
+                        config.get(name))
+        if raw is None or raw in ("None", ""):
+            continue
+        if option == "root":
+            out[option] = str(raw)
+            continue
+        try:
+            out[option] = int(raw)
+        except (TypeError, ValueError):
+            log.warning("ignoring unreadable %s=%r of a trial run", name, raw)
+    return out
+
+
+def _quiet_downloads() -> None:
+    # MLflow draws a progress bar per download; in a Ray worker each becomes driver log spam.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def _read_meta(run_id: str, tracking_uri: str | None) -> dict[str, Any]:
     """Download only ``checkpoint/meta.json`` of a run (small) and parse it."""
     import mlflow
+
+    _quiet_downloads()
 
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
@@ -264,6 +301,7 @@ def _to_ref(client, run, tracking_uri: str | None) -> ModelRef | SkippedRun:
         num_classes=int(meta.get("num_classes", 0)),
         num_gpus=float(params.get("num_gpus", params.get("resources.gpu", 0)) or 0),
         params=params,
+        data=_data_options(params, meta),
     )
 
 
@@ -271,6 +309,7 @@ def download_checkpoint(ref: ModelRef, dst: str | Path, *, tracking_uri: str | N
     """Download the run's ``checkpoint/`` artifact directory into ``dst``; returns its path."""
     import mlflow
 
+    _quiet_downloads()
     try:
         local = mlflow.artifacts.download_artifacts(
             run_id=ref.run_id, artifact_path=CHECKPOINT_PATH, dst_path=str(dst),

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -325,13 +326,44 @@ class SerialEngine:
             yield rows
 
 
-class _PairWorker:
-    """Ray actor body: prepares states and compares tiles of pairs (imports measures once)."""
+def _limit_threads(n: int) -> int:
+    """Cap this process's BLAS / OpenMP / torch thread pools at ``n`` (an actor's CPU share).
 
-    def __init__(self) -> None:
+    Ray already sets ``OMP_NUM_THREADS`` for its workers (1 for actors of <= 1 CPU; OpenBLAS
+    follows it), but not when the variable is set in the driver's environment, which workers
+    inherit: then every actor's BLAS uses every core of the node and two actors on two cores
+    run four compute threads. The cap makes the share explicit whatever the environment.
+    """
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)  # libraries loaded after this point
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        log.warning("threadpoolctl is missing: BLAS threads of this actor are not capped")
+    else:
+        threadpool_limits(limits=n)  # libraries already loaded (numpy's OpenBLAS)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    return n
+
+
+class _PairWorker:
+    """Ray actor body: prepares states and compares tiles of pairs (imports measures once).
+
+    Args:
+        threads: BLAS/OpenMP threads for this actor (its CPU share, at least 1).
+    """
+
+    def __init__(self, threads: int = 1) -> None:
         import analysis.measures  # noqa: F401 - registers every measure in this process
 
         self.pid = os.getpid()
+        self.threads = _limit_threads(threads)
+
+    def ping(self) -> int:
+        """Returns the actor's pid once its imports are done (used to wait for a warm pool)."""
+        return self.pid
 
     def prepare(self, name: str, params: dict, X: np.ndarray, labels: np.ndarray | None):
         return _prepare(name, params, X, {} if labels is None else {"labels": labels})
@@ -378,17 +410,50 @@ class RayEngine:
         tile_pairs: pairs per tile (default: total / (8 * actors), clipped to [1, 512]).
         max_restarts, max_task_retries: Ray actor fault tolerance.
         inflight: tiles queued per actor at once.
+        threads: BLAS/OpenMP threads per actor (default: its CPU reservation rounded down,
+            at least 1), so the pool never runs more compute threads than it reserved.
+
+    ``run`` starts the pool and stops it afterwards, unless the pool was started beforehand
+    with ``start()`` (or ``with RayEngine(...) as engine:``): then it is reused across runs
+    and ``close()`` stops it. Actor start-up (a process, numpy and the measures imported)
+    costs about a second per actor, which dominates small runs.
     """
 
     def __init__(self, *, actors: int = 2, tile_pairs: int | None = None, max_restarts: int = 4,
-                 max_task_retries: int = 4, inflight: int = 2, num_cpus: float | None = None):
+                 max_task_retries: int = 4, inflight: int = 2, num_cpus: float | None = None,
+                 threads: int | None = None):
         if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
             raise ConfigError(f"actors must be an integer >= 1, got actors={actors!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1 or None, got threads={threads!r}")
         self.n, self.tile_pairs, self.inflight = actors, tile_pairs, inflight
         self.max_restarts, self.max_task_retries, self.num_cpus = max_restarts, max_task_retries, num_cpus
+        self.threads = threads
         self.actors: list[Any] = []
         self.stats = EngineStats()
         self._pids: dict[int, int] = {}
+
+    def start(self) -> RayEngine:
+        """Start the pool (if not running) and wait until every actor has its imports done."""
+        if not self.actors:
+            self._start()
+        return self
+
+    def close(self) -> None:
+        """Stop the pool (no-op when it is not running)."""
+        self._stop()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running actors (as last seen), for CPU accounting."""
+        return list(self._pids.values())
+
+    def __enter__(self) -> RayEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _start(self) -> None:
         import ray
@@ -399,9 +464,11 @@ class RayEngine:
         if cpus is None:
             avail = ray.cluster_resources().get("CPU", 1.0)
             cpus = min(1.0, avail / self.n)
+        threads = self.threads or max(1, int(cpus))
         cls = ray.remote(num_cpus=cpus, max_restarts=self.max_restarts,
                          max_task_retries=self.max_task_retries)(_PairWorker)
-        self.actors = [cls.remote() for _ in range(self.n)]
+        self.actors = [cls.remote(threads) for _ in range(self.n)]
+        self._pids = dict(enumerate(ray.get([a.ping.remote() for a in self.actors])))
 
     def _stop(self) -> None:
         import ray
@@ -409,6 +476,7 @@ class RayEngine:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.actors = []
+        self._pids = {}
 
     def run(self, plan: Mapping[MeasureSpec, list[PairTask]],
             items: Mapping[str, Mapping[str, np.ndarray] | str | os.PathLike], *,
@@ -416,7 +484,9 @@ class RayEngine:
         total = sum(len(v) for v in plan.values())
         if total == 0:
             return self.stats
-        self._start()
+        owned = not self.actors  # a pool started by start() outlives this run
+        if owned:
+            self._start()
         try:
             done = 0
             for spec, tasks in plan.items():
@@ -425,7 +495,8 @@ class RayEngine:
                     done = self._run_spec(spec, tasks, items, sink, progress, done, total)
                     self.stats.per_measure_s[str(spec)] = time.perf_counter() - t0
         finally:
-            self._stop()
+            if owned:
+                self._stop()
         return self.stats
 
     def _prepare_all(self, spec: MeasureSpec, tasks: list[PairTask], items):

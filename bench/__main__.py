@@ -4,7 +4,9 @@ Usage: ``python -m bench [--quick] [--only NAME ...] [--out bench/results.json]`
 
 Each ``bench/bench_*.py`` module exposes ``run(quick: bool = False) -> list[dict]``; a row has
 ``name``, ``value_s``, ``baseline_name``, ``baseline_s``, ``ratio``, ``target``, ``met`` and
-``note``. Ratios, not absolute times, are what we claim: this machine is shared and noisy.
+``note``. Ratios, not absolute times, are what we claim: this machine is shared and noisy, so
+most modules time value and baseline back to back in rounds and report the median per-round
+ratio (each row's note says how it was measured).
 """
 
 from __future__ import annotations

@@ -226,9 +226,26 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         echo(f"sweep {spec.name} is already complete; training skipped")
     steps_done = _exit_status(spec) == 0
-    # The analysis step goes here (one call: analysis of the finished sweep).
+    if steps_done:
+        _analyse(spec)
     _where_to_look(spec)
     return 0 if steps_done else 1
+
+
+def _analyse(spec: Any) -> None:
+    """The demo's second half: all-pairs analysis, the HTML report, the reproduction report."""
+    from analysis.pipeline import DEMO_MEASURES, run_analysis, run_report
+    from analysis.reproduce import run_reproduction
+
+    uri = spec.tracking.uri
+    echo(f"\n== analysis of {spec.name}: all pairs, measures {', '.join(DEMO_MEASURES)}")
+    run_analysis(spec.name, tracking_uri=uri, measures=DEMO_MEASURES, actors=2)
+    html = run_report(spec.name, tracking_uri=uri)
+    echo(f"\n== reproduction targets (SPEC section 8) on {spec.name}")
+    repro = run_reproduction(spec.name, tracking_uri=uri)
+    echo(f"\nreport:         {html}")
+    echo(f"reproduction:   {repro}")
+    echo(f"pair table:     {html.parent / 'pairs.parquet'}")
 
 
 def _where_to_look(spec: Any) -> None:

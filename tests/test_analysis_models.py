@@ -115,6 +115,8 @@ def test_discovery_lists_finished_models_and_says_why_others_are_skipped(sweep):
     assert (m.arch, m.eps, m.seed, m.dataset, m.threat_model) == ("mlp", 0.1, 0, "digits", "linf")
     assert 0.0 <= m.clean_acc <= 1.0 and 0.0 <= m.robust_acc <= 1.0
     assert m.data_hash and m.num_classes == 10 and m.run_id == ids["mlp-e0.1-s0"]
+    # the options the trial drew its eval set with, read from its run params
+    assert m.data == {"root": None, "eval_size": EVAL_SIZE, "eval_seed": 0, "image_size": None}
     reasons = {s.run_id: (s.status, s.reason) for s in disc.skipped}
     assert reasons[ids["mlp-e0-s5"]] == ("FAILED", "trial failed")
     assert reasons[ids["mlp-e0-s6"]] == ("RUNNING", "trial still running")

@@ -3,6 +3,8 @@ data-hash refusal, the on-disk cache, per-model adversarial inputs, Ray tasks ==
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from test_analysis_models import EVAL_SIZE, build_sweep
@@ -88,8 +90,28 @@ def test_per_model_adversarial_inputs_and_ray_tasks_equal_serial(sweep, tmp_path
             np.testing.assert_array_equal(s["preds"], r["preds"])
 
 
-def test_input_set_options_are_validated():
-    with pytest.raises(ConfigError, match="unknown input set 'inverted'; known:"):
-        make_input_set("inverted")
+def test_input_set_options_are_validated(sweep):
+    _, _, base = sweep
+    with pytest.raises(ConfigError, match=r"unknown input set 'noisy'; known: .*'inverted'"):
+        make_input_set("noisy")
     with pytest.raises(ConfigError, match="adv.steps must be >= 1"):
         make_input_set("adv", steps=0)
+    inv = make_input_set("inverted", iterations=5, num_targets=16)  # registered by the engine
+    assert inv.per_model and inv.name == "inverted" and inv.size(base) == 16
+    assert make_input_set("inverted").size(base) == make_input_set("clean").size(base) == EVAL_SIZE
+    with pytest.raises(ConfigError, match="inversion.iterations must be an int >= 1"):
+        make_input_set("inverted", iterations=0)
+    with pytest.raises(ConfigError, match=r"inverted.num_targets must be an int in \[1, 120\]"):
+        make_input_set("inverted", num_targets=500).size(base)
+
+
+def test_input_sets_pickle_for_ray_tasks(sweep):
+    """Every registered set is a module-level class: it pickles by reference into a Ray task."""
+    _, _, base = sweep
+    for name in ("clean", "adv", "adv_shared", "inverted", "train_split"):
+        iset = make_input_set(name)
+        back = pickle.loads(pickle.dumps(iset))
+        assert type(back) is type(iset) and back.key(base, None) == iset.key(base, None)
+    X, y = make_input_set("train_split", max_train=100).build(base, None, tracking_uri=None)
+    assert X.shape == (100, 1, 8, 8) and X.dtype == np.float32 and y.dtype == np.int64
+    assert X.min() >= 0 and X.max() <= 1 and len(np.unique(y)) == 10

@@ -125,3 +125,14 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path):
     # A page of text alone is mostly white; rendered heatmaps/plots put many coloured pixels on it.
     coloured = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.2
     assert coloured.mean() > 0.02, f"only {coloured.mean():.3%} coloured pixels: figures not rendered"
+
+
+def test_progress_lines_go_to_the_stderr_of_the_moment(capsys):
+    """The CLI's progress writer is made before capsys (or a caller) swaps sys.stderr; it must
+    still write to the current one."""
+    from analysis.__main__ import _Progress
+
+    progress = _Progress()
+    progress("pairs", 3, 3)
+    err = capsys.readouterr().err
+    assert err == "pairs 3/3 (100.0%)\n"

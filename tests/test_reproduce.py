@@ -6,10 +6,15 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from analysis.__main__ import main
+from analysis.pipeline import run_analysis
 from analysis.probes import ProbeConfig
-from analysis.reproduce import (
+from analysis.reproduce import run_reproduction
+from analysis.store import ResultStore
+from analysis.targets import (
     FAILS,
     HOLDS,
     UNTESTABLE,
@@ -17,13 +22,15 @@ from analysis.reproduce import (
     ReproConfig,
     StudyData,
     _boot_draws,
+    _target5,
     evaluate_targets,
-    run_reproduction,
+    spec_key,
 )
 from trainables import tracking as tr
 from trainables.train import TrainConfig, train_model
 
 SWEEP = "repro-small"
+EVAL_SIZE = 300
 GRID = [(arch, eps, seed) for arch in ("mlp", "cnn") for eps in (0.0, 1.0) for seed in (0, 1)]
 SMALL = ReproConfig(n_bootstrap=200, n_permutations=19, inversion_iterations=30,
                     inversion_targets=48, probes=ProbeConfig(batch_size=128, num_probes=2,
@@ -33,7 +40,9 @@ SMALL = ReproConfig(n_bootstrap=200, n_permutations=19, inversion_iterations=30,
 
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
-    """A sweep of 8 digits models (2 archs x eps {0, 1.0} L2 x 2 seeds) logged like real trials."""
+    """A sweep of 8 digits models (2 archs x eps {0, 1.0} L2 x 2 seeds) logged like real trials,
+    evaluated on a 300-image subset drawn with eval_seed 3 (written to meta.json only: the
+    reproduction must find these options itself)."""
     import mlflow
 
     root = tmp_path_factory.mktemp("repro")
@@ -45,7 +54,7 @@ def sweep_store(tmp_path_factory):
             "dataset": "digits", "arch": arch, "threat_model": "l2", "eps": eps, "seed": seed,
             "epochs": 4, "batch_size": 64, "optimizer": "adam", "lr": 3e-3, "attack_steps": 3,
             "eval_attack_steps": 3, "final_eval_steps": 5, "final_eval_restarts": 1,
-            "num_threads": 1})
+            "num_threads": 1, "eval_size": EVAL_SIZE, "eval_seed": 3})
         res = train_model(cfg)
         tags = {tr.TAG_SWEEP: SWEEP, tr.TAG_ROLE: "trial", tr.TAG_ARCH: arch,
                 tr.TAG_EPS: tr.format_eps(eps), tr.TAG_SEED: str(seed),
@@ -64,9 +73,15 @@ def sweep_store(tmp_path_factory):
     return {"uri": uri, "root": root, "analysis_run": analysis.info.run_id, "client": client}
 
 
-def test_report_states_all_eight_targets_with_numbers(sweep_store):
-    md_path = run_reproduction(SWEEP, tracking_uri=sweep_store["uri"],
-                               reports_root=sweep_store["root"] / "reports", config=SMALL)
+def test_report_states_all_eight_targets_with_numbers(sweep_store, ray_session):
+    root, uri = sweep_store["root"], sweep_store["uri"]
+    # The analysis first (serial, clean CKA): the reproduction reuses its features and values.
+    run_analysis(SWEEP, tracking_uri=uri, home=root, actors=0, measures=["linear_cka"],
+                 log_mlflow=False)
+    table = ResultStore(root / "reports" / SWEEP / "pairs.parquet").load()
+    # Inversion and the train split are built as Ray tasks (they must pickle).
+    md_path = run_reproduction(SWEEP, tracking_uri=uri, reports_root=root / "reports",
+                               config=SMALL, use_ray=True)
     md = md_path.read_text()
     data = json.loads(md_path.with_suffix(".json").read_text())
     targets = data["targets"]
@@ -82,7 +97,13 @@ def test_report_states_all_eight_targets_with_numbers(sweep_store):
     # The other targets carry numbers with intervals.
     assert by[4]["figures"]["difference"]["ci95"] is not None
     assert by[4]["figures"]["agreement eps=1"]["n_pairs"] == 6  # 4 models -> 6 pairs
-    assert by[7]["figures"]["eps=1"]["eval_inputs"] == data["header"]["eval_inputs"] == 450
+    assert by[7]["figures"]["eps=1"]["eval_inputs"] == data["header"]["eval_inputs"] == EVAL_SIZE
+    # The 28 clean CKA values are taken from the table; target 2's standard-model mean is theirs.
+    assert data["header"]["pair_values_available_from_analysis_table"] == len(table) == 28
+    models = pd.read_parquet(root / "reports" / SWEEP / "models.parquet").set_index("run_id")
+    std = table[(table["model_a"].map(models["eps"]) == 0) & (table["model_b"].map(models["eps"]) == 0)]
+    assert by[2]["figures"]["clean_linear_cka"]["n_pairs"] == len(std) == 6
+    assert by[2]["figures"]["clean_linear_cka"]["mean"] == pytest.approx(std["value"].mean(), rel=1e-12)
     assert by[7]["status"] != UNTESTABLE and by[6]["status"] != UNTESTABLE
     assert by[5]["figures"]["eps=0"]["pairs"] == 6
     assert by[1]["figures"]["mlp"]["eps"] == [0.0, 1.0]
@@ -126,3 +147,54 @@ def test_model_bootstrap_excludes_self_pairs(rng):
     assert finite.size > 50 and np.all(finite == 1.0)
     one = _boot_draws(np.array([[np.nan]]), 10, rng)
     assert np.all(np.isnan(one))
+
+
+def test_known_pair_values_are_used_instead_of_recomputed(rng):
+    study = _study(0.9, 0.9, rng)
+    cfg = ReproConfig(n_bootstrap=200, n_permutations=0)
+    fresh = evaluate_targets(study, config=cfg)[1].figures["clean_linear_cka"]["mean"]
+    std = [m.id for m in study.models if m.eps == 0]
+    key = spec_key("linear_cka", {})
+    # stored once per unordered pair, in either order (a shared set, a symmetric measure)
+    study.known = {("clean", key, *(p if k % 2 else p[::-1])): 0.25 + 0.01 * k
+                   for k, p in enumerate((a, b) for i, a in enumerate(std) for b in std[i + 1:])}
+    reused = evaluate_targets(study, config=cfg)[1].figures["clean_linear_cka"]
+    assert reused["n_pairs"] == 6 and reused["mean"] == pytest.approx(0.25 + 0.01 * 2.5)
+    assert fresh != pytest.approx(reused["mean"])
+    assert spec_key("knn_jaccard", {"k": 10}) == spec_key("knn_jaccard", {"k": 10, "center": True})
+
+
+def test_cli_reproduce_reads_the_data_options_from_the_runs(sweep_store, monkeypatch, capsys):
+    """``python -m analysis reproduce SWEEP`` needs no data flags; a wrong override is refused
+    before any work, in one line; an unknown sweep too."""
+    monkeypatch.setenv("UNISWEEP_HOME", str(sweep_store["root"]))
+    uri = ["--tracking-uri", sweep_store["uri"]]
+    assert main(["reproduce", SWEEP, *uri, "--eval-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "eval set" in err and "hash" in err and "--eval-size" in err and err.count("\n") == 1
+    assert main(["reproduce", "nope", *uri]) == 2
+    assert "unknown sweep 'nope'" in capsys.readouterr().err
+
+
+def _pair_study(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray) -> StudyData:
+    models = [ModelInfo(n, n, "a", 0.0, s) for s, n in enumerate(("A", "B"))]
+    clean = {n: {"features": np.zeros((y.size, 2)), "logits": np.eye(10)[p], "labels": y}
+             for n, p in (("A", pred_a), ("B", pred_b))}
+    return StudyData("synthetic", 10, models, clean)
+
+
+def test_fort_target_allows_one_input_of_resolution_and_no_more():
+    y = np.arange(100) % 10
+    a, b = y.copy(), y.copy()
+    a[0] = b[0] = (y[0] + 1) % 10  # a shared error ...
+    b[1] = (y[1] + 1) % 10         # ... and one more of B: acc .99 / .98, agreement .99
+    cfg = ReproConfig(n_bootstrap=100)
+    res = _target5(_pair_study(a, b, y), cfg, [0.0])
+    # Fort's maximum agreement here is 1 - 0.09/8.9 = 0.98989: 0.99 is above it by < 1/N
+    assert res.status == HOLDS and "less than one input" in res.reason
+    assert res.figures["eps=0"]["pairs_strictly_within"] == 0 and res.figures["tolerance"] == 0.01
+    a, b = y.copy(), y.copy()
+    a[:10] = (y[:10] + 1) % 10
+    b[10:20] = (y[10:20] + 1) % 10  # disjoint errors: agreement .80, independent value .811
+    res = _target5(_pair_study(a, b, y), cfg, [0.0])
+    assert res.status == FAILS and "1 of 1 pairs outside" in res.reason
