@@ -262,7 +262,8 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
             if ok.empty:
                 continue
             tag = f"{iset}_{measure}" + ("" if params == "{}" else f"_{zlib.crc32(params.encode()):x}")
-            figs.append(_heatmap(ok, models, f"{measure} {params} on {iset} ({dataset})",
+            label = measure if params == "{}" else f"{measure} {params}"
+            figs.append(_heatmap(ok, models, f"{label} on {iset} ({dataset})",
                                  rdir / f"heatmap_{dataset}_{tag}.png"))
         figs.append(_groups_plot(sub, f"pair values by group, {iset} ({dataset})",
                                  rdir / f"groups_{dataset}_{iset}.png", seed))

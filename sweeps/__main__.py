@@ -234,7 +234,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _analyse(spec: Any) -> None:
     """The demo's second half: all-pairs analysis, the HTML report, the reproduction report."""
-    from analysis.pipeline import DEMO_MEASURES, run_analysis, run_report
+    from analysis.pipeline import DEMO_MEASURES, report_dir, run_analysis, run_report
     from analysis.reproduce import run_reproduction
 
     uri = spec.tracking.uri
@@ -245,14 +245,14 @@ def _analyse(spec: Any) -> None:
     repro = run_reproduction(spec.name, tracking_uri=uri)
     echo(f"\nreport:         {html}")
     echo(f"reproduction:   {repro}")
-    echo(f"pair table:     {html.parent / 'pairs.parquet'}")
+    echo(f"pair table:     {report_dir(spec.name) / 'pairs.parquet'}")
 
 
 def _where_to_look(spec: Any) -> None:
     from sweeps.launch import experiment_path
 
     echo(f"\nMLflow store:   {spec.tracking.uri} (experiment {spec.name!r})")
-    echo(f"browse it:      {PROG} ui   ->  http://127.0.0.1:5000")
+    echo(f"browse it:      make ui  (or {PROG} ui)  ->  http://127.0.0.1:5000")
     echo(f"sweep status:   {PROG} status {spec.name}")
     echo(f"Ray Tune state: {experiment_path(spec)}")
 
