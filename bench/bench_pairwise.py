@@ -89,7 +89,7 @@ def run(quick: bool = False) -> list[dict]:
     """Rows for 2 actors vs 1 actor (target >= 1.7x) and 1 actor vs the serial engine."""
     import ray
 
-    m, n, d, rounds = (8, 600, 64, 2) if quick else (20, 2000, 256, 3)
+    m, n, d, rounds = (8, 600, 64, 2) if quick else (20, 2000, 512, 3)
     items, blocks = _items(m, n, d)
     plan = plan_pairs(blocks, SPECS)
     pairs = sum(len(v) for v in plan.values())
