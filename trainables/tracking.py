@@ -25,7 +25,7 @@ __all__ = [
     "METRIC_TRAIN_LOSS", "METRIC_TRAIN_ACC", "METRIC_CLEAN_ACC", "METRIC_ROBUST_ACC",
     "METRIC_EPOCH", "METRIC_EPOCH_TIME", "METRIC_FINAL_CLEAN_ACC", "METRIC_FINAL_ROBUST_ACC",
     "METRIC_TOTAL_TIME", "ARTIFACT_CHECKPOINT", "final_robust_at", "format_eps",
-    "Paths", "default_paths", "store_exists", "make_client", "with_retries", "ensure_experiment",
+    "arch_label", "Paths", "default_paths", "resolve_tracking_uri", "store_exists", "make_client", "with_retries", "ensure_experiment",
     "find_sweep_run", "find_trial_run", "search_sweep_runs", "flatten_params",
 ]
 
@@ -73,6 +73,13 @@ def format_eps(eps: float) -> str:
     return repr(float(eps))
 
 
+def arch_label(arch: str, width: float = 1.0) -> str:
+    """An architecture as users and tables name it: ``resnet18`` at width 1, else
+    ``resnet18-w0.125`` (the one place this label is spelled)."""
+    width = float(width)
+    return arch if width == 1.0 else f"{arch}-w{width:g}"
+
+
 def final_robust_at(eps: float) -> str:
     """Metric name of the final robust accuracy at an extra evaluation epsilon."""
     return f"final/robust_acc_at_{float(eps):g}"
@@ -107,6 +114,13 @@ def default_paths(home: str | os.PathLike[str] | None = None) -> Paths:
         storage_path=base / "ray_results",
         reports=base / "reports",
     )
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None,
+                         home: str | os.PathLike[str] | None = None) -> str:
+    """The tracking store to use: an explicit URI, else ``$MLFLOW_TRACKING_URI``, else the local
+    ``sqlite:///<UNISWEEP_HOME>/mlflow.db`` (the one place this rule is written)."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_paths(home).tracking_uri
 
 
 def _is_transient(exc: BaseException) -> bool:

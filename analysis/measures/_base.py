@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from trainables.errors import UserError
+
 Kind = Literal["representational", "functional"]
 InputKind = Literal["features", "labels", "probs"]
 
@@ -42,7 +44,7 @@ INVARIANCES = frozenset(
 PROB_SUM_TOL = 1e-3
 
 
-class MeasureInputError(ValueError):
+class MeasureInputError(UserError):
     """Bad input to a measure: wrong shape, dtype, non-finite values, unknown or invalid params."""
 
 
