@@ -13,7 +13,8 @@ import torch
 from trainables.checkpoints import load_checkpoint, load_train_state
 from trainables.errors import ConfigError
 from trainables.tracking import final_robust_at
-from trainables.train import TrainConfig, main, train_model
+from trainables.config import TrainConfig
+from trainables.train import main, train_model
 
 EPS = 0.15  # Linf, pixel scale; SPEC §9: digits' meaningful range is 0.05-0.2
 FINAL_AT_EPS = final_robust_at(EPS)
