@@ -191,7 +191,8 @@ def _submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, check_paths=False)  # the data lives on the cluster
     if not os.environ.get("RAY_ADDRESS"):
         raise UserError("RAY_ADDRESS is not set; allowed: the cluster's dashboard address, e.g. "
-                        "http://127.0.0.1:8265 after `ray dashboard cluster.yaml` (docs/cluster.md)")
+                        "http://127.0.0.1:8265 after `ray dashboard cluster.yaml` "
+                        "(docs/cluster.md)")
     python = os.environ.get("UNISWEEP_REMOTE_PYTHON", sys.executable)
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}

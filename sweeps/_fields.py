@@ -80,7 +80,8 @@ def as_int(value: Any, field: str, *, lo: int | None = None, hi: int | None = No
 def as_choice(value: Any, field: str, allowed: Sequence[str]) -> str:
     """One of ``allowed``, with a did-you-mean hint for near misses."""
     if not isinstance(value, str) or value not in allowed:
-        close = difflib.get_close_matches(value, list(allowed), n=1) if isinstance(value, str) else []
+        close = (difflib.get_close_matches(value, list(allowed), n=1)
+                 if isinstance(value, str) else [])
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise fail(field, value, ", ".join(allowed) + hint)
     return value

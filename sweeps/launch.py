@@ -82,7 +82,8 @@ def cells_table(spec: SweepSpec) -> str:
              f"{len(rows)} cells; per trial cpu={res.cpu:g} gpu={res.gpu:g}; max_concurrent="
              f"{spec.max_concurrent or 'auto'}; max_failures={spec.max_failures}; "
              f"epochs={spec.train.epochs}",
-             f"tracking: {spec.tracking.uri}  artifacts: {spec.tracking.artifact_location or '(server default)'}",
+             f"tracking: {spec.tracking.uri}  "
+             f"artifacts: {spec.tracking.artifact_location or '(server default)'}",
              f"storage:  {experiment_path(spec)}"]
     if spec.hpo is not None:
         lines.append(f"hpo: {spec.hpo.describe()}")

@@ -132,8 +132,9 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
     train = _train(Section(top.get("train", {}), "train"))
     evaluation = EvalSpec(**read_section(Section(top.get("eval", {}), "eval"), _EVAL))
     res = Section(top.get("resources", {}), "resources")
-    resources = ResourceSpec(cpu=as_float(res.get("cpu", 1.0), res.field("cpu"), lo=0, lo_open=True),
-                             gpu=as_float(res.get("gpu", 0.0), res.field("gpu"), lo=0))
+    resources = ResourceSpec(
+        cpu=as_float(res.get("cpu", 1.0), res.field("cpu"), lo=0, lo_open=True),
+        gpu=as_float(res.get("gpu", 0.0), res.field("gpu"), lo=0))
     res.done()
     max_concurrent = top.get("max_concurrent", None)
     if max_concurrent is not None:

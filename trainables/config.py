@@ -164,7 +164,8 @@ class TrainConfig:
     def weights_differ(self, other: Mapping[str, Any]) -> list[str]:
         """The settings that change the trained weights and differ in ``other`` (a `to_dict`)."""
         mine = self.to_dict()
-        return sorted(k for k, s in SETTINGS.items() if s.changes_weights and other.get(k) != mine[k])
+        return sorted(k for k, s in SETTINGS.items()
+                      if s.changes_weights and other.get(k) != mine[k])
 
 
 SETTINGS: dict[str, Setting] = settings_of(TrainConfig)

@@ -61,7 +61,7 @@ class Rule:
         return dataclasses.replace(self, kind="float", optional=False)
 
     def describe(self) -> str:
-        """What is allowed, in the words of the error messages (``sgd, adam``, ``an integer >= 1``)."""
+        """What is allowed, as the error messages say it (``sgd, adam``, ``an integer >= 1``)."""
         if self.kind == "choice":
             return ", ".join(self.values())
         if self.kind == "path":

@@ -218,7 +218,8 @@ def _quote(value: str) -> str:
 
 def search_sweep_runs(client: MlflowClient, experiment_id: str, *, sweep: str,
                       role: str | None = None, extra: Mapping[str, str] | None = None) -> list[Run]:
-    """All runs of ``sweep`` (optionally of one role and with extra tag equalities), oldest first."""
+    """All runs of ``sweep`` (optionally of one role, and with extra tag equalities), oldest
+    first."""
     clauses = [f"tags.`{TAG_SWEEP}` = {_quote(sweep)}"]
     if role is not None:
         clauses.append(f"tags.`{TAG_ROLE}` = {_quote(role)}")

@@ -147,10 +147,10 @@ def run_trial(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(train_config_dict(config))
     key = cell_key(config)
     tags = {tr.TAG_SWEEP: trk["sweep"], tr.TAG_TRIAL_ID: trial_id, tr.TAG_CELL: key,
-            tr.TAG_ARCH: cfg.arch, tr.TAG_WIDTH: repr(cfg.width), tr.TAG_EPS: tr.format_eps(cfg.eps),
-            tr.TAG_SEED: str(cfg.seed), tr.TAG_THREAT_MODEL: cfg.threat_model,
-            tr.TAG_DATASET: cfg.dataset, tr.TAG_ROLE: trk["role"],
-            tr.TAG_PARENT: trk["parent_run_id"]}
+            tr.TAG_ARCH: cfg.arch, tr.TAG_WIDTH: repr(cfg.width),
+            tr.TAG_EPS: tr.format_eps(cfg.eps), tr.TAG_SEED: str(cfg.seed),
+            tr.TAG_THREAT_MODEL: cfg.threat_model, tr.TAG_DATASET: cfg.dataset,
+            tr.TAG_ROLE: trk["role"], tr.TAG_PARENT: trk["parent_run_id"]}
     run_id = _open_run(client, trk, run, trial_id=trial_id, key=key, tags=tags,
                        params={**cfg.to_dict(), "cell": key})
 
