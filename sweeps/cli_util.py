@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from typing import Any
 
 from trainables import tracking as tr
 
-__all__ = ["echo", "fmt", "format_table", "rows_to_csv", "summary_rows"]
+__all__ = ["Echo", "echo", "fmt", "format_table", "rows_to_csv", "summary_rows"]
+
+Echo = Callable[[str], None]  # where progress lines go (`echo`, a logger, a test's list.append)
 
 
 def echo(line: str) -> None:

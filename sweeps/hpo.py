@@ -14,13 +14,13 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Param
 from ray import tune
 
+from sweeps.cli_util import Echo
 from sweeps.grid import ArchSpec
 from sweeps.spec_hpo import DIST_KINDS, Dist
 from sweeps.tuner import SweepHandle, base_param_space, experiment_path, make_tuner, trainable_for
@@ -68,7 +68,7 @@ def _logged_best(handle: SweepHandle) -> dict[str, dict[str, Any]] | None:
         return json.loads(Path(local).read_text())
 
 
-def _tune_one(handle: SweepHandle, arch: ArchSpec, *, echo: Callable[[str], None]) -> Any:
+def _tune_one(handle: SweepHandle, arch: ArchSpec, *, echo: Echo) -> Any:
     """Run (or finish) the Optuna study of one architecture; return its best Tune result."""
     # optuna: imported only by sweeps that have an hpo block.
     from ray.tune.search.optuna import OptunaSearch
@@ -92,7 +92,7 @@ def _tune_one(handle: SweepHandle, arch: ArchSpec, *, echo: Callable[[str], None
     return best
 
 
-def run_hpo(handle: SweepHandle, *, echo: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def run_hpo(handle: SweepHandle, *, echo: Echo) -> dict[str, dict[str, Any]]:
     """Run (or finish, or reuse) the tuning phase; return the grid's per-arch overrides.
 
     Returns:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 from mlflow.entities import Param
 from ray import tune
 
-from sweeps.cli_util import format_table, rows_to_csv, summary_rows
+from sweeps.cli_util import Echo, format_table, rows_to_csv, summary_rows
 from sweeps.grid import Cell
 from sweeps.hpo import run_hpo
 from sweeps.spec import SweepSpec, load_spec, parse_spec
@@ -35,7 +34,6 @@ __all__ = ["build_param_space", "cells_table", "init_ray", "find_sweep", "open_s
            "run_sweep", "resume_sweep"]
 
 log = logging.getLogger(__name__)
-Echo = Callable[[str], None]
 SPEC_ARTIFACT = "spec.yaml"
 SUMMARY_ARTIFACT = "summary.csv"
 

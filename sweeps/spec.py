@@ -195,15 +195,14 @@ def _archs(value: Any) -> tuple[tuple[ArchSpec, ...], tuple[str, ...]]:
 
 
 def _check_arch_names(archs: Sequence[ArchSpec], fields: Sequence[str]) -> None:
-    """Each name must be a key of `trainables.models.MODELS`.
+    """Each name must be a key of `trainables.models.MODELS` (the declared ``arch`` rule).
 
     Run after every other field is checked, so that a typo elsewhere in the spec is reported
-    without first importing torch (seconds at the command line).
+    without first importing torch (seconds at the command line): the rule imports the model
+    registry only when it is asked for its names.
     """
-    from trainables.models import MODELS
-
     for arch, field in zip(archs, fields):
-        as_choice(arch.name, field, sorted(MODELS))
+        read_value(arch.name, field, SETTINGS["arch"].rule)
 
 
 def _threats(threat_value: Any, eps_value: Any, dataset: str) -> tuple[ThreatSpec, ...]:

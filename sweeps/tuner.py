@@ -8,14 +8,13 @@ The trial config is plain data; its layout is documented in `trainables.trial`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
 from ray.tune import Callback
 
-from sweeps.cli_util import fmt
+from sweeps.cli_util import Echo, fmt
 from sweeps.grid import ArchSpec, Cell
 from sweeps.spec import SweepSpec
 from trainables import tracking as tr
@@ -24,7 +23,6 @@ from trainables.trial import cell_tuple, run_trial
 __all__ = ["SweepHandle", "FaultSwitch", "ProgressCallback", "experiment_path",
            "base_param_space", "cell_of", "trainable_for", "make_tuner"]
 
-Echo = Callable[[str], None]
 CHECKPOINTS_TO_KEEP = 2
 
 

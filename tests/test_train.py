@@ -137,6 +137,22 @@ def test_config_round_trip_defaults_and_unknown_keys():
         TrainConfig.from_dict({"epsilon": 0.1})
 
 
+def test_every_setting_has_a_cli_flag_with_its_declared_default():
+    import argparse
+
+    from trainables.config import SETTINGS
+    from trainables.settings import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, SETTINGS)
+    assert TrainConfig.from_dict(vars(parser.parse_args([]))) == TrainConfig()
+    args = vars(parser.parse_args(["--momentum", "0.5", "--extra-eval-eps", "0.1", "0.2",
+                                   "--eval-size", "7", "--data-root", "/x"]))
+    cfg = TrainConfig.from_dict(args)
+    assert (cfg.momentum, cfg.extra_eval_eps, cfg.eval_size, cfg.data_root) == (
+        0.5, (0.1, 0.2), 7, "/x")
+
+
 def test_cli_trains_and_saves(tmp_path: Path):
     out = tmp_path / "run"
     proc = subprocess.run(
