@@ -78,9 +78,9 @@ def _fault_from_env(spec: SweepSpec) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     if args.dry_run:  # the grid only: the dataset may live on the cluster, not here
-        from sweeps.launch import cells_table  # Ray: the listing shows Tune's storage path
-
         spec = load_spec(args.spec, check_paths=False)
+        from sweeps.launch import cells_table  # Ray: only once the spec is valid
+
         echo(cells_table(spec))
         root = spec.dataset.root
         if root is not None and not Path(root).is_dir():

@@ -209,7 +209,15 @@ def from_spec_sections(sections: Mapping[str, Mapping[str, Any]], *, eps: float)
     Returns:
         Every setting that a spec section sets; the grid cell's own fields (arch, width,
         threat_model, eps, seed) and num_threads are the caller's to add.
+
+    Raises:
+        ConfigError: a section holds a key no setting declares.
     """
+    for section, values in sections.items():
+        unknown = sorted(set(values) - set(spec_settings(section)))
+        if unknown:
+            raise ConfigError(f"unknown {section} keys {unknown}; allowed: "
+                              f"{sorted(spec_settings(section))}")
     out = {}
     for name, s in SETTINGS.items():
         if s.spec is not None:
