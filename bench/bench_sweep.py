@@ -68,8 +68,9 @@ def _spec(home: Path, name: str, arch: str, width: float, epochs: int):
 
 def _loop(spec) -> tuple[float, float]:
     """(wall s, training + evaluation s) of the cells run one after another in process."""
-    from sweeps.launch import SweepHandle, base_param_space
-    from trainables.train import TrainConfig, train_model
+    from sweeps.tuner import SweepHandle, base_param_space
+    from trainables.config import TrainConfig
+    from trainables.train import train_model
     from trainables.trial import train_config_dict
 
     space = base_param_space(spec, SweepHandle(spec, None, "-", "-"), role="trial")

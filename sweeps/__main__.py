@@ -1,7 +1,9 @@
 """python -m sweeps run|resume|status|list|ui|submit|demo — the sweep command line.
 
 User errors (a bad spec, an unknown sweep) print one line on stderr and exit with status 2,
-before anything is written to MLflow.
+before anything is written to MLflow (`trainables.errors.user_errors`). Commands that only read
+(``list``, ``status``, ``ui``, ``submit``) never import Ray; the others import `sweeps.launch`
+or `sweeps.tuner` (Ray Tune) inside the command, once they need them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sweeps.cli_util import echo, format_table, user_errors
+from sweeps.cli_util import echo, format_table, summary_rows
+from sweeps.spec import SweepSpec, load_spec
 from trainables import tracking as tr
-from trainables.errors import UserError
+from trainables.errors import UserError, user_errors
 
 PROG = "python -m sweeps"
 # TEST ONLY: make every trial fail once after this epoch (see trainables/trial.py).
@@ -61,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
 
 
-def _fault_from_env(spec: Any) -> Any:
+def _fault_from_env(spec: SweepSpec) -> Any:
     """TEST ONLY: the fault switch from UNISWEEP_FAULT_* variables (None when unset)."""
     after = os.environ.get(FAULT_ENV[0])
     if not after:
         return None
-    from sweeps.launch import FaultSwitch, experiment_path
+    from sweeps.tuner import FaultSwitch, experiment_path  # Ray: only when a sweep runs
 
     marker = os.environ.get(FAULT_ENV[1]) or experiment_path(spec, suffix="-faults")
     return FaultSwitch(after_epoch=int(after), marker_dir=marker,
@@ -74,32 +77,30 @@ def _fault_from_env(spec: Any) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweeps.spec import load_spec
-
     if args.dry_run:  # the grid only: the dataset may live on the cluster, not here
-        from sweeps.launch import cells_table
-
         spec = load_spec(args.spec, check_paths=False)
+        from sweeps.launch import cells_table  # Ray: only once the spec is valid
+
         echo(cells_table(spec))
         root = spec.dataset.root
         if root is not None and not Path(root).is_dir():
             echo(f"note: dataset.root {root} does not exist on this machine")
         return 0
     spec = load_spec(args.spec)
-    from sweeps.launch import run_sweep
+    from sweeps.launch import run_sweep  # Ray: only once the spec is valid
 
     run_sweep(spec, echo=echo, fault=_fault_from_env(spec))
     return _exit_status(spec)
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from sweeps.launch import resume_sweep
+    from sweeps.launch import resume_sweep  # Ray: only for commands that train
 
     handle = resume_sweep(args.target, echo=echo)
     return _exit_status(handle.spec)
 
 
-def _exit_status(spec: Any) -> int:
+def _exit_status(spec: SweepSpec) -> int:
     """0 when every cell has a FINISHED trial run, else 1."""
     state = _sweep_state(spec.tracking.uri, spec.name)
     return 0 if state["finished"] >= state["cells"] else 1
@@ -108,17 +109,13 @@ def _exit_status(spec: Any) -> int:
 def _locate(target: str) -> tuple[str, str]:
     """(tracking uri, sweep name) for a sweep name or a spec path."""
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        from sweeps.spec import load_spec
-
         spec = load_spec(target, check_paths=False)
         return spec.tracking.uri, spec.name
-    return os.environ.get("MLFLOW_TRACKING_URI") or tr.default_paths().tracking_uri, target
+    return tr.resolve_tracking_uri(), target
 
 
 def _sweep_state(uri: str, name: str) -> dict[str, Any]:
     """Counts of the sweep's trial runs by status, its parent run, the grid size, the rows."""
-    from sweeps.cli_util import summary_rows
-
     if not tr.store_exists(uri):
         raise UserError(f"no sweep named {name!r}: the tracking store {uri} does not exist")
     client = tr.make_client(uri)
@@ -159,7 +156,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tr.default_paths().tracking_uri
+    uri = tr.resolve_tracking_uri()
     if not tr.store_exists(uri):
         echo(f"no sweeps yet ({uri} does not exist)")
         return 0
@@ -179,7 +176,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     paths = tr.default_paths()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri
+    uri = tr.resolve_tracking_uri(home=paths.home)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 0.4 GiB, 1 process
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", paths.artifact_root.as_uri(), "--host", args.host,
@@ -191,12 +188,11 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from sweeps.spec import load_spec
-
     spec = load_spec(args.spec, check_paths=False)  # the data lives on the cluster
     if not os.environ.get("RAY_ADDRESS"):
         raise UserError("RAY_ADDRESS is not set; allowed: the cluster's dashboard address, e.g. "
-                        "http://127.0.0.1:8265 after `ray dashboard cluster.yaml` (docs/cluster.md)")
+                        "http://127.0.0.1:8265 after `ray dashboard cluster.yaml` "
+                        "(docs/cluster.md)")
     python = os.environ.get("UNISWEEP_REMOTE_PYTHON", sys.executable)
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -214,8 +210,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Train the sweep (or finish it), then say where to look. Analysis chains in here."""
-    from sweeps.launch import find_sweep, resume_sweep, run_sweep
-    from sweeps.spec import load_spec
+    from sweeps.launch import find_sweep, resume_sweep, run_sweep  # Ray: only when training
 
     spec = load_spec(args.spec)
     _, _, parent = find_sweep(spec)
@@ -232,7 +227,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if steps_done else 1
 
 
-def _analyse(spec: Any) -> None:
+def _analyse(spec: SweepSpec) -> None:
     """The demo's second half: all-pairs analysis, the HTML report, the reproduction report."""
     from analysis.pipeline import DEMO_MEASURES, report_dir, run_analysis, run_report
     from analysis.reproduce import run_reproduction
@@ -248,8 +243,8 @@ def _analyse(spec: Any) -> None:
     echo(f"pair table:     {report_dir(spec.name) / 'pairs.parquet'}")
 
 
-def _where_to_look(spec: Any) -> None:
-    from sweeps.launch import experiment_path
+def _where_to_look(spec: SweepSpec) -> None:
+    from sweeps.tuner import experiment_path  # Ray Tune: not at the CLI's start-up
 
     echo(f"\nMLflow store:   {spec.tracking.uri} (experiment {spec.name!r})")
     echo(f"browse it:      make ui  (or {PROG} ui)  ->  http://127.0.0.1:5000")

@@ -3,11 +3,14 @@
 The error names the dotted field, the value and what is allowed, e.g. ``train.epochs=0 is not
 allowed; allowed: an integer >= 1``. `Section` hands out the keys of one YAML mapping and refuses
 keys nobody asked for. Numbers may be written as fractions (``"8/255"``), parsed by a regular
-expression, never ``eval``. Used by `sweeps.spec` and `sweeps.hpo`.
+expression, never ``eval``. `read_section` reads a section whose keys are declared settings
+(`trainables.config`: ``dataset``, ``train``, ``eval``) and `section_class` makes the frozen
+dataclass that holds it. Used by `sweeps.spec` and `sweeps.spec_hpo`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -17,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import ConfigError
+from trainables.settings import Rule, Setting, describe_range
 
 __all__ = ["fail", "parse_number", "as_float", "as_int", "as_choice", "as_name", "as_list",
-           "as_location", "check_unique", "Section"]
+           "as_location", "check_unique", "Section", "read_value", "read_section",
+           "section_class"]
 
 _REQUIRED = object()
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
@@ -59,23 +64,24 @@ def as_float(value: Any, field: str, *, lo: float | None = None, hi: float | Non
     out = parse_number(value, field)
     if (lo is not None and (out <= lo if lo_open else out < lo)) or \
             (hi is not None and (out >= hi if hi_open else out > hi)):
-        lo_s, hi_s = ("-inf" if lo is None else f"{lo:g}"), ("inf" if hi is None else f"{hi:g}")
-        raise fail(field, value, f"a number in {'(' if lo_open else '['}{lo_s}, {hi_s}"
-                                 f"{')' if hi_open else ']'}")
+        raise fail(field, value, describe_range(integer=False, lo=lo, hi=hi, lo_open=lo_open,
+                                                hi_open=hi_open))
     return out
 
 
-def as_int(value: Any, field: str, *, lo: int | None = None) -> int:
-    """An integer ``>= lo``; floats such as ``3.0`` and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
-        raise fail(field, value, "an integer" + (f" >= {lo}" if lo is not None else ""))
+def as_int(value: Any, field: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer in ``[lo, hi]``; floats such as ``3.0`` and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) \
+            or (hi is not None and value > hi):
+        raise fail(field, value, describe_range(integer=True, lo=lo, hi=hi))
     return value
 
 
 def as_choice(value: Any, field: str, allowed: Sequence[str]) -> str:
     """One of ``allowed``, with a did-you-mean hint for near misses."""
     if not isinstance(value, str) or value not in allowed:
-        close = difflib.get_close_matches(value, list(allowed), n=1) if isinstance(value, str) else []
+        close = (difflib.get_close_matches(value, list(allowed), n=1)
+                 if isinstance(value, str) else [])
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise fail(field, value, ", ".join(allowed) + hint)
     return value
@@ -152,3 +158,52 @@ def as_location(value: Any, field: str, *, home: Path) -> str:
         return value  # a URI, or a path naming a variable unset here (set on the cluster)
     local = Path(value.removeprefix("file://")).expanduser()
     return str(local if local.is_absolute() else (home / local).resolve())
+
+
+def read_value(value: Any, field: str, rule: Rule, *, home: Path | None = None) -> Any:
+    """One spec value checked against a declared `Rule` (numbers may be fractions, a near-miss
+    name gets a did-you-mean hint, a path is made absolute against ``home``)."""
+    if rule.kind == "choice":
+        return as_choice(value, field, rule.values())
+    if rule.kind == "int":
+        return as_int(value, field, lo=rule.lo, hi=rule.hi)
+    if rule.kind == "float":
+        return as_float(value, field, lo=rule.lo, hi=rule.hi, lo_open=rule.lo_open)
+    if rule.kind == "path":
+        if home is None:
+            raise ValueError(f"{field}: a path needs the home directory to resolve against")
+        return as_location(value, field, home=home)
+    if rule.kind == "floats":
+        raw = [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) \
+            else value
+        if not isinstance(raw, (list, tuple)):
+            raise fail(field, raw, rule.describe())
+        out = tuple(read_value(v, f"{field}[{i}]", rule.item()) for i, v in enumerate(raw))
+        check_unique(out, field, raw)
+        return out
+    raise ValueError(f"unknown rule kind {rule.kind!r}")
+
+
+def read_section(sec: Section, settings: Mapping[str, Setting], *,
+                 home: Path | None = None) -> dict[str, Any]:
+    """Every declared key of one spec section: its checked value, or the declared default when
+    it is absent or null. Unknown keys are errors (with a did-you-mean hint)."""
+    out = {}
+    for key, s in settings.items():
+        value = sec.get(key) if s.required else sec.get(key, s.default)
+        out[key] = None if value is None else read_value(value, sec.field(key), s.rule, home=home)
+    sec.done()
+    return out
+
+
+def section_class(name: str, settings: Mapping[str, Setting], *, module: str) -> type:
+    """A frozen dataclass with one attribute per key of a spec section, in declaration order
+    (required keys first), defaulting to the declared defaults."""
+    keys = sorted(settings, key=lambda k: not settings[k].required)  # stable: order kept
+    fields = [(k, Any) if settings[k].required else
+              (k, Any, dataclasses.field(default=settings[k].default)) for k in keys]
+    cls = dataclasses.make_dataclass(name, fields, frozen=True)
+    cls.__module__ = module
+    cls.__doc__ = (f"The spec's validated section of keys {', '.join(keys)} "
+                   "(declared in trainables.config).")
+    return cls

@@ -1,9 +1,10 @@
-"""Spec -> Ray Tune: param_space with grid_search axes, the MLflow sweep run, fit and resume.
+"""Spec -> Ray Tune: the grid's param_space, the MLflow sweep run, fit, resume, the summary.
 
 The driver owns the sweep's MLflow experiment and parent run (created *before* any trial, so a
 fresh sqlite store is migrated once, ENV.md); each trial logs into its own child run from
 `trainables.trial.run_trial`. Everything a trial needs (tracking URI, experiment, parent run
-id) travels in its config.
+id) travels in its config. An ``hpo:`` block runs first (`sweeps.hpo`); what both phases share
+(handle, trainable, Tuner) is `sweeps.tuner`.
 """
 
 from __future__ import annotations
@@ -12,73 +13,29 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import yaml
+from mlflow.entities import Param
+from ray import tune
+
+from sweeps.cli_util import Echo, format_table, rows_to_csv, summary_rows
+from sweeps.grid import Cell
+from sweeps.hpo import run_hpo
+from sweeps.spec import SweepSpec, load_spec, parse_spec
+from sweeps.tuner import (FaultSwitch, SweepHandle, base_param_space, experiment_path, make_tuner,
+                          trainable_for)
 from trainables import tracking as tr
 from trainables.errors import ConfigError, UserError
-from sweeps.cli_util import ProgressCallback, format_table, rows_to_csv, summary_rows
-from sweeps.spec import ArchSpec, Cell, SweepSpec, load_spec, parse_spec
 
-__all__ = ["SweepHandle", "FaultSwitch", "base_param_space", "build_param_space", "open_sweep",
-           "run_sweep", "resume_sweep", "summary_rows", "experiment_path", "init_ray",
-           "cells_table", "find_sweep", "make_tuner", "trainable_for"]
+__all__ = ["build_param_space", "cells_table", "init_ray", "find_sweep", "open_sweep",
+           "run_sweep", "resume_sweep"]
 
 log = logging.getLogger(__name__)
-Echo = Callable[[str], None]
 SPEC_ARTIFACT = "spec.yaml"
 SUMMARY_ARTIFACT = "summary.csv"
-CHECKPOINTS_TO_KEEP = 2
-
-
-@dataclass(frozen=True)
-class FaultSwitch:
-    """Test-only: make each trial fail once after reporting ``after_epoch``.
-
-    ``mode="raise"`` raises inside the trial; ``mode="exit"`` kills its worker with
-    ``os._exit`` (a hard crash). ``marker_dir`` records which trials already failed, so each
-    fails exactly once. Never set in real sweeps.
-    """
-
-    after_epoch: int
-    marker_dir: str
-    mode: str = "exit"
-
-
-@dataclass
-class SweepHandle:
-    """The sweep's tracking handles: client, experiment id, parent run id."""
-
-    spec: SweepSpec
-    client: Any
-    experiment_id: str
-    parent_run_id: str
-
-    def tracking_config(self, role: str) -> dict[str, Any]:
-        return {"uri": self.spec.tracking.uri, "experiment_id": self.experiment_id,
-                "parent_run_id": self.parent_run_id, "sweep": self.spec.name, "role": role}
-
-
-def experiment_path(spec: SweepSpec, *, suffix: str = "") -> str:
-    """Where Tune keeps the experiment state: ``<storage>/<name><suffix>``."""
-    return spec.storage.rstrip("/") + "/" + spec.name + suffix
-
-
-def base_param_space(spec: SweepSpec, handle: SweepHandle, *, role: str) -> dict[str, Any]:
-    """The parts of a trial config every trial shares (no grid axes yet)."""
-    spec_dict = spec.to_dict()
-    return {
-        "sweep": spec.name,
-        "dataset": spec_dict["dataset"],
-        "train": spec_dict["train"],
-        "eval": spec_dict["eval"],
-        "overrides": {},
-        # Torch threads per trial = its CPU share (at least one).
-        "num_threads": max(1, int(spec.resources.cpu)),
-        "tracking": handle.tracking_config(role),
-    }
 
 
 def build_param_space(spec: SweepSpec, handle: SweepHandle, *,
@@ -93,8 +50,6 @@ def build_param_space(spec: SweepSpec, handle: SweepHandle, *,
     state was lost) grids over just those cells, as one axis. The layout is documented in
     `trainables.trial`.
     """
-    from ray import tune
-
     space = base_param_space(spec, handle, role="trial")
     space["overrides"] = overrides or {}
     if fault is not None:
@@ -116,24 +71,6 @@ def build_param_space(spec: SweepSpec, handle: SweepHandle, *,
     return space
 
 
-def cell_of(config: dict[str, Any]) -> Cell:
-    """The grid cell a (resolved) trial config stands for."""
-    from trainables.trial import cell_tuple
-
-    arch, width, threat_model, eps, seed = cell_tuple(config)
-    return Cell(ArchSpec(arch, width), threat_model, eps, seed)
-
-
-def trial_name(trial: Any) -> str:
-    """Tune trial name: the grid cell key (plus the trial id for tuning trials)."""
-    key = cell_of(trial.config).key
-    return key if trial.config["tracking"]["role"] == "trial" else f"hpo:{key}#{trial.trial_id}"
-
-
-def trial_dirname(trial: Any) -> str:
-    return f"{trial.trial_id}"
-
-
 def cells_table(spec: SweepSpec) -> str:
     """The dry-run listing: one line per cell, then resources."""
     rows = [{"#": str(i), "arch": c.arch.label, "threat": c.threat_model,
@@ -143,7 +80,8 @@ def cells_table(spec: SweepSpec) -> str:
              f"{len(rows)} cells; per trial cpu={res.cpu:g} gpu={res.gpu:g}; max_concurrent="
              f"{spec.max_concurrent or 'auto'}; max_failures={spec.max_failures}; "
              f"epochs={spec.train.epochs}",
-             f"tracking: {spec.tracking.uri}  artifacts: {spec.tracking.artifact_location or '(server default)'}",
+             f"tracking: {spec.tracking.uri}  "
+             f"artifacts: {spec.tracking.artifact_location or '(server default)'}",
              f"storage:  {experiment_path(spec)}"]
     if spec.hpo is not None:
         lines.append(f"hpo: {spec.hpo.describe()}")
@@ -156,8 +94,6 @@ def init_ray(spec: SweepSpec) -> bool:
     A trial's resource request is checked against the cluster: a local cluster that can never
     place one trial is a user error (an autoscaling cluster may grow, so that only warns).
     """
-    import ray
-
     started = False
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
@@ -218,44 +154,11 @@ def open_sweep(spec: SweepSpec) -> SweepHandle:
     if spec.hpo is not None:
         params["hpo"] = spec.hpo.describe()
     params = {k: v[:6000] for k, v in params.items()}
-    from mlflow.entities import Param
-
     for batch in tr.chunks([Param(k, v) for k, v in params.items()], 100):
         tr.with_retries(client.log_batch, run_id, params=batch)
     tr.with_retries(client.log_text, run_id, spec.source or json.dumps(spec.to_dict(), indent=1),
                     SPEC_ARTIFACT)
     return SweepHandle(spec, client, exp_id, run_id)
-
-
-def trainable_for(spec: SweepSpec) -> Any:
-    """`run_trial` with the spec's per-trial resources attached."""
-    from ray import tune
-
-    from trainables.trial import run_trial
-
-    return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-
-
-def make_tuner(spec: SweepSpec, param_space: dict[str, Any], *, name: str, echo: Echo,
-               search_alg: Any = None, num_samples: int = 1,
-               max_concurrent: int | None = None) -> Any:
-    """A Tuner over `run_trial` with the spec's storage, failure and checkpoint settings."""
-    from ray import tune
-
-    return tune.Tuner(
-        trainable_for(spec),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg, num_samples=num_samples,
-            max_concurrent_trials=max_concurrent or spec.max_concurrent,
-            reuse_actors=True,  # import torch+mlflow costs ~5 s per fresh worker (ENV.md)
-            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(
-            name=name, storage_path=spec.storage, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
-            callbacks=[ProgressCallback(echo)]),
-    )
 
 
 def run_sweep(spec: SweepSpec, *, echo: Echo = log.info,
@@ -266,8 +169,6 @@ def run_sweep(spec: SweepSpec, *, echo: Echo = log.info,
         UserError: the sweep name already exists (resume it instead) or resources never fit.
     """
     _, _, parent = find_sweep(spec)
-    from ray import tune
-
     if parent is not None or tune.Tuner.can_restore(experiment_path(spec)):
         where = f"MLflow run {parent.info.run_id}" if parent else experiment_path(spec)
         raise UserError(f"sweep {spec.name!r} already exists ({where}); continue it with "
@@ -281,15 +182,11 @@ def run_sweep(spec: SweepSpec, *, echo: Echo = log.info,
         return handle
     finally:
         if started:
-            import ray
-
             ray.shutdown()
 
 
 def _finish(handle: SweepHandle, *, echo: Echo, fault: FaultSwitch | None, restore: bool) -> str:
     """HPO (if any, and not done yet), then the grid (fresh or restored), then the summary."""
-    from ray import tune
-
     spec, client, run_id = handle.spec, handle.client, handle.parent_run_id
     # num_to_keep forces a state snapshot per checkpoint; on tiny trials Tune warns about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -297,9 +194,7 @@ def _finish(handle: SweepHandle, *, echo: Echo, fault: FaultSwitch | None, resto
     try:
         overrides = None
         if spec.hpo is not None:
-            from sweeps.hpo import run_hpo
-
-            overrides = run_hpo(handle, echo=echo, fault=fault)
+            overrides = run_hpo(handle, echo=echo)
         path = experiment_path(spec)
         if restore and tune.Tuner.can_restore(path):
             results = tune.Tuner.restore(path, trainable=trainable_for(spec),
@@ -359,8 +254,6 @@ def resume_sweep(target: str, *, echo: Echo = log.info) -> SweepHandle:
         return handle
     finally:
         if started:
-            import ray
-
             ray.shutdown()
 
 
@@ -368,7 +261,7 @@ def _spec_for(target: str) -> SweepSpec:
     """A spec path loads directly; a bare name is looked up in the default tracking store."""
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         return load_spec(target)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tr.default_paths().tracking_uri
+    uri = tr.resolve_tracking_uri()
     if not tr.store_exists(uri):  # never create an empty store just to look
         raise UserError(f"no sweep named {target!r}: the tracking store {uri} does not exist")
     client = tr.make_client(uri)
@@ -380,6 +273,4 @@ def _spec_for(target: str) -> SweepSpec:
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT, tmp)
         text = Path(local).read_text()
-    import yaml
-
     return parse_spec(yaml.safe_load(text), check_paths=True, source=text)

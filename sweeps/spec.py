@@ -3,7 +3,10 @@
 Every error is a `ConfigError` on one line naming the dotted field, the value and what is
 allowed, e.g. ``train.epochs=0 is not allowed; allowed: an integer >= 1``. Unknown keys are
 errors. Epsilons are floats on the [0, 1] pixel scale; ``"8/255"`` is parsed once, at load, by
-a tiny fraction parser (never ``eval``). The per-field readers live in `sweeps._fields`.
+a tiny fraction parser (never ``eval``). The per-field readers live in `sweeps._fields`, the
+grid's value types in `sweeps.grid`, the ``hpo:`` block in `sweeps.spec_hpo`. The keys, defaults
+and ranges of the ``dataset:``, ``train:`` and ``eval:`` sections are the settings declared in
+`trainables.config` (one declaration for the spec, the trial and the docs).
 Field reference: docs/spec-reference.md.
 """
 
@@ -16,80 +19,30 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from sweeps._fields import (Section, as_choice, as_float, as_int, as_list, as_location, as_name,
-                            check_unique, fail, parse_number)
+                            check_unique, fail, parse_number, read_section, read_value,
+                            section_class)
+from sweeps.grid import ArchSpec, Cell, ThreatSpec
+from sweeps.spec_hpo import HpoSpec, parse_hpo
+from trainables import tracking as tr
+from trainables.config import SETTINGS, THREAT_MODELS, spec_settings
 from trainables.errors import ConfigError
-from trainables.tracking import default_paths, format_eps
 
-if TYPE_CHECKING:
-    from sweeps.hpo import HpoSpec
+__all__ = ["SweepSpec", "DatasetSpec", "TrainSpec", "EvalSpec", "ResourceSpec", "TrackingSpec",
+           "load_spec", "parse_spec", "parse_number", "Section"]
 
-__all__ = ["SweepSpec", "DatasetSpec", "ArchSpec", "ThreatSpec", "TrainSpec", "EvalSpec",
-           "ResourceSpec", "TrackingSpec", "Cell", "load_spec", "parse_spec", "parse_number",
-           "Section"]
-
-DATASETS = ("digits", "cifar10", "imagefolder")
-THREAT_MODELS = ("l2", "linf")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("none", "step", "cosine")
-STEP_RULES = ("auto", "relative", "absolute")
 # Input dimension C*H*W where fixed; an L2 epsilon at or above sqrt(dim) covers the whole cube.
 _INPUT_DIM = {"digits": 1 * 8 * 8, "cifar10": 3 * 32 * 32}
+_DATASET, _TRAIN, _EVAL = (spec_settings(s) for s in ("dataset", "train", "eval"))
 
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str  # digits | cifar10 | imagefolder
-    root: str | None  # absolute; required for cifar10 / imagefolder
-    eval_size: int | None  # size of the fixed, seeded eval subset of the test split; None = all
-    eval_seed: int = 0  # picks the eval subset (the same for every model of the sweep)
-    image_size: int | None = None  # imagefolder input size (square); None = loader default
-    num_workers: int = 0  # DataLoader worker processes per trial
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str  # key of trainables.models.MODELS
-    width: float = 1.0  # channel multiplier
-
-    @property
-    def label(self) -> str:
-        """``resnet18`` at width 1, else ``resnet18-w0.125``."""
-        return self.name if self.width == 1.0 else f"{self.name}-w{self.width:g}"
-
-
-@dataclass(frozen=True)
-class ThreatSpec:
-    threat_model: str  # l2 | linf
-    epsilons: tuple[float, ...]  # [0, 1] pixel scale
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    lr_step_size: int = 30  # epochs between x lr_gamma steps (schedule: step)
-    lr_gamma: float = 0.1
-    attack_steps: int = 7
-    attack_step_rule: str = "auto"  # auto: 2.5*eps/steps; relative: size*eps; absolute: size
-    attack_step_size: float | None = None
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    attack_steps: int = 20  # PGD steps of the per-epoch robust evaluation
-    final_steps: int = 50  # PGD steps of the final evaluation
-    restarts: int = 3  # restarts of the final evaluation (a sample counts if it survives all)
-    extra_eps: tuple[float, ...] = ()  # extra final eps (same threat model)
+# The sections whose keys are declared settings: one attribute per key (spec.train.epochs, ...).
+DatasetSpec = section_class("DatasetSpec", _DATASET, module=__name__)
+TrainSpec = section_class("TrainSpec", _TRAIN, module=__name__)
+EvalSpec = section_class("EvalSpec", _EVAL, module=__name__)
 
 
 @dataclass(frozen=True)
@@ -102,20 +55,6 @@ class ResourceSpec:
 class TrackingSpec:
     uri: str  # MLflow tracking URI
     artifact_location: str | None  # absolute path or URI; None lets an MLflow server decide
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One grid cell = one Tune trial of the grid phase."""
-
-    arch: ArchSpec
-    threat_model: str
-    eps: float
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.arch.label}_{self.threat_model}_eps{format_eps(self.eps)}_seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -180,20 +119,22 @@ def load_spec(path: str | os.PathLike[str], *, check_paths: bool = True) -> Swee
 def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> SweepSpec:
     """Validate an already-parsed YAML tree (see `load_spec`)."""
     top = Section(raw, "")
-    paths = default_paths()
+    paths = tr.default_paths()
     name = as_name(top.get("name"), "name")
     dataset = _dataset(Section(top.get("dataset"), "dataset"), home=paths.home,
                        check_paths=check_paths)
     archs, arch_fields = _archs(top.get("archs"))
     threats = _threats(top.get("threat_model"), top.get("epsilons"), dataset.name)
     seeds_raw = as_list(top.get("seeds", [0]), "seeds", allow_scalar=True)
-    seeds = tuple(as_int(s, f"seeds[{i}]", lo=0) for i, s in enumerate(seeds_raw))
+    seeds = tuple(read_value(s, f"seeds[{i}]", SETTINGS["seed"].rule)
+                  for i, s in enumerate(seeds_raw))
     check_unique(seeds, "seeds", seeds_raw)
     train = _train(Section(top.get("train", {}), "train"))
-    evaluation = _eval(Section(top.get("eval", {}), "eval"))
+    evaluation = EvalSpec(**read_section(Section(top.get("eval", {}), "eval"), _EVAL))
     res = Section(top.get("resources", {}), "resources")
-    resources = ResourceSpec(cpu=as_float(res.get("cpu", 1.0), res.field("cpu"), lo=0, lo_open=True),
-                             gpu=as_float(res.get("gpu", 0.0), res.field("gpu"), lo=0))
+    resources = ResourceSpec(
+        cpu=as_float(res.get("cpu", 1.0), res.field("cpu"), lo=0, lo_open=True),
+        gpu=as_float(res.get("gpu", 0.0), res.field("gpu"), lo=0))
     res.done()
     max_concurrent = top.get("max_concurrent", None)
     if max_concurrent is not None:
@@ -207,8 +148,6 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
         raise fail("description", description, "a string")
     hpo = None
     if top.get("hpo", None) is not None:
-        from sweeps.hpo import parse_hpo  # the HPO block lives next to the code that runs it
-
         hpo = parse_hpo(Section(top.get("hpo"), "hpo"), archs=archs, threats=threats, seeds=seeds)
     top.done()
     _check_arch_names(archs, arch_fields)
@@ -219,27 +158,14 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
 
 
 def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
-    name = as_choice(sec.get("name"), sec.field("name"), DATASETS)
-    root = sec.get("root", None)
+    values = read_section(sec, _DATASET, home=home)
+    name, root = values["name"], values["root"]
     if name != "digits" and root is None:
         raise fail(sec.field("root"), None, f"the local directory holding {name}",
                    problem=f"is missing (required for {name}; nothing is downloaded)")
-    if root is not None:
-        root = as_location(root, sec.field("root"), home=home)
-        if check_paths and not Path(root).is_dir():
-            raise fail(sec.field("root"), root, "an existing directory", problem="does not exist")
-    eval_size = sec.get("eval_size", None)
-    if eval_size is not None:
-        eval_size = as_int(eval_size, sec.field("eval_size"), lo=1)
-    image_size = sec.get("image_size", None)
-    if image_size is not None:
-        image_size = as_int(image_size, sec.field("image_size"), lo=8)
-    out = DatasetSpec(name=name, root=root, eval_size=eval_size,
-                      eval_seed=as_int(sec.get("eval_seed", 0), sec.field("eval_seed"), lo=0),
-                      image_size=image_size,
-                      num_workers=as_int(sec.get("num_workers", 0), sec.field("num_workers"), lo=0))
-    sec.done()
-    return out
+    if root is not None and check_paths and not Path(root).is_dir():
+        raise fail(sec.field("root"), root, "an existing directory", problem="does not exist")
+    return DatasetSpec(**values)
 
 
 def _archs(value: Any) -> tuple[tuple[ArchSpec, ...], tuple[str, ...]]:
@@ -251,9 +177,9 @@ def _archs(value: Any) -> tuple[tuple[ArchSpec, ...], tuple[str, ...]]:
         field = f"archs[{i}]"
         if isinstance(item, Mapping):
             sec = Section(item, field)
-            arch = ArchSpec(name=sec.get("name"),
-                            width=as_float(sec.get("width", 1.0), sec.field("width"), lo=0,
-                                           lo_open=True, hi=16))
+            width = SETTINGS["width"]
+            arch = ArchSpec(name=sec.get("name"), width=read_value(
+                sec.get("width", width.default), sec.field("width"), width.rule))
             field = sec.field("name")
             sec.done()
         elif isinstance(item, str):
@@ -269,15 +195,14 @@ def _archs(value: Any) -> tuple[tuple[ArchSpec, ...], tuple[str, ...]]:
 
 
 def _check_arch_names(archs: Sequence[ArchSpec], fields: Sequence[str]) -> None:
-    """Each name must be a key of `trainables.models.MODELS`.
+    """Each name must be a key of `trainables.models.MODELS` (the declared ``arch`` rule).
 
     Run after every other field is checked, so that a typo elsewhere in the spec is reported
-    without first importing torch (seconds at the command line).
+    without first importing torch (seconds at the command line): the rule imports the model
+    registry only when it is asked for its names.
     """
-    from trainables.models import MODELS
-
     for arch, field in zip(archs, fields):
-        as_choice(arch.name, field, sorted(MODELS))
+        read_value(arch.name, field, SETTINGS["arch"].rule)
 
 
 def _threats(threat_value: Any, eps_value: Any, dataset: str) -> tuple[ThreatSpec, ...]:
@@ -318,60 +243,19 @@ def _epsilon(value: Any, field: str, threat_model: str, dataset: str) -> float:
 
 
 def _train(sec: Section) -> TrainSpec:
-    d = TrainSpec()
-    rule = as_choice(sec.get("attack_step_rule", d.attack_step_rule),
-                     sec.field("attack_step_rule"), STEP_RULES)
-    size = sec.get("attack_step_size", None)
+    values = read_section(sec, _TRAIN)
+    rule, size = values["attack_step_rule"], values["attack_step_size"]
     if rule != "auto" and size is None:
         raise fail(sec.field("attack_step_size"), None, "a number > 0",
                    problem=f"is missing (required when attack_step_rule is {rule!r})")
     if rule == "auto" and size is not None:
         raise fail(sec.field("attack_step_size"), size, "null with attack_step_rule 'auto' "
                    "(2.5*eps/steps), or set attack_step_rule to relative/absolute")
-    out = TrainSpec(
-        epochs=as_int(sec.get("epochs", d.epochs), sec.field("epochs"), lo=1),
-        batch_size=as_int(sec.get("batch_size", d.batch_size), sec.field("batch_size"), lo=2),
-        optimizer=as_choice(sec.get("optimizer", d.optimizer), sec.field("optimizer"), OPTIMIZERS),
-        lr=as_float(sec.get("lr", d.lr), sec.field("lr"), lo=0, lo_open=True),
-        momentum=as_float(sec.get("momentum", d.momentum), sec.field("momentum"), lo=0,
-                          hi=0.999),
-        weight_decay=as_float(sec.get("weight_decay", d.weight_decay), sec.field("weight_decay"),
-                              lo=0),
-        schedule=as_choice(sec.get("schedule", d.schedule), sec.field("schedule"), SCHEDULES),
-        lr_step_size=as_int(sec.get("lr_step_size", d.lr_step_size), sec.field("lr_step_size"),
-                            lo=1),
-        lr_gamma=as_float(sec.get("lr_gamma", d.lr_gamma), sec.field("lr_gamma"), lo=0, hi=1,
-                          lo_open=True),
-        attack_steps=as_int(sec.get("attack_steps", d.attack_steps), sec.field("attack_steps"),
-                            lo=1),
-        attack_step_rule=rule,
-        attack_step_size=None if size is None else as_float(
-            size, sec.field("attack_step_size"), lo=0, lo_open=True),
-    )
-    sec.done()
-    return out
+    return TrainSpec(**values)
 
 
-def _eval(sec: Section) -> EvalSpec:
-    d = EvalSpec()
-    raw = sec.get("extra_eps", [])
-    raw = [raw] if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) else raw
-    if not isinstance(raw, list):
-        raise fail(sec.field("extra_eps"), raw, "a list of epsilons (may be empty)")
-    extra = tuple(as_float(v, f"{sec.field('extra_eps')}[{i}]", lo=0) for i, v in enumerate(raw))
-    check_unique(extra, sec.field("extra_eps"), raw)
-    out = EvalSpec(attack_steps=as_int(sec.get("attack_steps", d.attack_steps),
-                                       sec.field("attack_steps"), lo=1),
-                   final_steps=as_int(sec.get("final_steps", d.final_steps),
-                                      sec.field("final_steps"), lo=1),
-                   restarts=as_int(sec.get("restarts", d.restarts), sec.field("restarts"), lo=1),
-                   extra_eps=extra)
-    sec.done()
-    return out
-
-
-def _tracking(sec: Section, *, paths: Any) -> TrackingSpec:
-    uri = sec.get("uri", os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri)
+def _tracking(sec: Section, *, paths: tr.Paths) -> TrackingSpec:
+    uri = sec.get("uri", tr.resolve_tracking_uri(home=paths.home))
     if not isinstance(uri, str) or not re.match(r"^(sqlite|https?|postgresql|mysql|databricks)"
                                                 r"(\+\w+)?:", uri):
         raise fail(sec.field("uri"), uri, "sqlite:///<abs path>/mlflow.db or http(s)://host:port "

@@ -16,6 +16,7 @@ import yaml
 from sweeps.__main__ import main
 from sweeps.spec import load_spec, parse_number, parse_spec
 from trainables import tracking as tr
+from trainables.config import TrainConfig
 from trainables.errors import ConfigError
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -201,7 +202,8 @@ def test_commands_on_an_empty_home_neither_fail_nor_create_a_store(tmp_path, mon
 def test_grid_search_expands_to_each_cell_exactly_once(threats):
     from ray.tune.search.variant_generator import generate_variants
 
-    from sweeps.launch import SweepHandle, build_param_space, cell_of
+    from sweeps.launch import build_param_space
+    from sweeps.tuner import SweepHandle, cell_of
 
     spec = parse_spec(variant(archs=["mlp", {"name": "resnet18", "width": 0.125}], **threats))
     space = build_param_space(spec, SweepHandle(spec, None, "1", "parent"))
@@ -233,3 +235,70 @@ def test_retries_ride_out_transient_errors_only():
         tr.with_retries(wrong, base_delay_s=0.0)
     assert len(calls) == 1
     assert math.isclose(float(tr.format_eps(8 / 255)), 8 / 255, rel_tol=0, abs_tol=0)
+
+
+# The TrainConfig each shipped spec gives its last adversarial cell (as before the settings were
+# declared once, in trainables/config.py): the spec's sections, the grid cell, the step rule.
+_CIFAR = dict(dataset="cifar10", data_root="/data/cifar10", epochs=90, batch_size=512, lr=0.1,
+              schedule="step", lr_step_size=30, lr_gamma=0.1, momentum=0.9, weight_decay=5e-4,
+              eval_size=10000, eval_seed=0, eval_attack_steps=10, final_eval_steps=50,
+              final_eval_restarts=3, num_threads=4, num_workers=4, arch="wrn16_4", seed=2)
+SHIPPED_LAST_CELL = {
+    "demo": dict(dataset="digits", data_root=None, image_size=None, arch="resnet18", width=0.125,
+                 threat_model="linf", eps=0.2, seed=1, epochs=15, batch_size=64, optimizer="sgd",
+                 lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", lr_step_size=30,
+                 lr_gamma=0.1, attack_steps=7, attack_step_size=None, eval_attack_steps=5,
+                 eval_size=360, eval_seed=0, final_eval_steps=20, final_eval_restarts=2,
+                 extra_eval_eps=(), num_threads=1, num_workers=0, device="auto"),
+    "cifar10_l2": _CIFAR | dict(threat_model="l2", eps=1.0, attack_steps=7,
+                                attack_step_size=0.2857, extra_eval_eps=(0.25, 0.5, 1.0)),
+    "cifar10_linf": _CIFAR | dict(threat_model="linf", eps=8 / 255, attack_steps=7,
+                                  attack_step_size=None,
+                                  extra_eval_eps=(2 / 255, 4 / 255, 8 / 255)),
+    "imagenet100_l2": _CIFAR | dict(
+        dataset="imagefolder", data_root="/data/imagenet100", image_size=224, batch_size=256,
+        weight_decay=1e-4, eval_size=5000, final_eval_steps=20, final_eval_restarts=2,
+        num_threads=8, num_workers=8, threat_model="l2", eps=3.0, attack_steps=3,
+        attack_step_size=0.6667 * 3.0, extra_eval_eps=(0.25, 1.0, 3.0)),
+}
+
+
+def _trial_config(spec, cell) -> TrainConfig:
+    from sweeps.tuner import SweepHandle, base_param_space  # Ray
+    from trainables.trial import train_config_dict
+
+    config = {**base_param_space(spec, SweepHandle(spec, None, "1", "parent"), role="trial"),
+              "model": {"arch": cell.arch.name, "width": cell.arch.width},
+              "threat_model": cell.threat_model, "eps": cell.eps, "seed": cell.seed}
+    return TrainConfig.from_dict(train_config_dict(config))
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_LAST_CELL))
+def test_shipped_specs_give_the_same_train_configs(name, monkeypatch):
+    monkeypatch.setenv("UNISWEEP_DATA", "/data")
+    spec = load_spec(SWEEPS / f"{name}.yaml", check_paths=False)
+    assert _trial_config(spec, spec.cells()[-1]) == TrainConfig(**SHIPPED_LAST_CELL[name])
+
+
+def test_a_spec_that_sets_nothing_trains_with_the_declared_defaults():
+    spec = parse_spec({"name": "t", "dataset": {"name": "digits"}, "archs": ["mlp"],
+                       "threat_model": "l2", "epsilons": [0.5]})
+    cfg = _trial_config(spec, spec.cells()[0])
+    assert cfg == TrainConfig(arch="mlp", threat_model="l2", eps=0.5, seed=0, num_threads=1)
+    assert cfg.lr == 0.1 and cfg.epochs == 10 and cfg.final_eval_steps == 50
+
+
+def test_spec_reference_tables_are_generated_from_the_declarations():
+    """docs/spec-reference.md shows every declared setting of dataset/train/eval, as declared
+    (regenerate with `python -m trainables.config docs/spec-reference.md`)."""
+    from sweeps.spec_hpo import TUNABLE
+    from trainables.config import render_reference, spec_settings
+
+    text = (SWEEPS.parent / "docs" / "spec-reference.md").read_text()
+    assert render_reference(text) == text, "stale: python -m trainables.config docs/spec-reference.md"
+    for section in ("dataset", "train", "eval"):
+        assert f"<!-- settings: {section} -->" in text
+        block = text.split(f"<!-- settings: {section} -->")[1].split("<!-- /settings -->")[0]
+        assert all(f"| `{key}` |" in block for key in spec_settings(section))
+    space_row = next(line for line in text.splitlines() if line.startswith("| `space` |"))
+    assert all(f"`{key}`" in space_row for key in TUNABLE)

@@ -23,12 +23,14 @@ import torch
 import yaml
 
 from sweeps.__main__ import main
-from sweeps.launch import FaultSwitch, experiment_path, resume_sweep, run_sweep
+from sweeps.launch import resume_sweep, run_sweep
 from sweeps.spec import load_spec
+from sweeps.tuner import FaultSwitch, experiment_path
 from trainables import tracking as tr
 from trainables.checkpoints import load_checkpoint
+from trainables.config import TrainConfig
 from trainables.data import load_dataset
-from trainables.train import TrainConfig, train_model
+from trainables.train import train_model
 from trainables.trial import train_config_dict
 
 pytestmark = pytest.mark.integration

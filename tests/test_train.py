@@ -13,7 +13,8 @@ import torch
 from trainables.checkpoints import load_checkpoint, load_train_state
 from trainables.errors import ConfigError
 from trainables.tracking import final_robust_at
-from trainables.train import TrainConfig, main, train_model
+from trainables.config import TrainConfig
+from trainables.train import main, train_model
 
 EPS = 0.15  # Linf, pixel scale; SPEC §9: digits' meaningful range is 0.05-0.2
 FINAL_AT_EPS = final_robust_at(EPS)
@@ -134,6 +135,22 @@ def test_config_round_trip_defaults_and_unknown_keys():
     assert d.final_eval_steps >= 50 and d.eval_attack_steps > d.attack_steps
     with pytest.raises(ConfigError, match=r"unknown train config keys \['epsilon'\].*eps"):
         TrainConfig.from_dict({"epsilon": 0.1})
+
+
+def test_every_setting_has_a_cli_flag_with_its_declared_default():
+    import argparse
+
+    from trainables.config import SETTINGS
+    from trainables.settings import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, SETTINGS)
+    assert TrainConfig.from_dict(vars(parser.parse_args([]))) == TrainConfig()
+    args = vars(parser.parse_args(["--momentum", "0.5", "--extra-eval-eps", "0.1", "0.2",
+                                   "--eval-size", "7", "--data-root", "/x"]))
+    cfg = TrainConfig.from_dict(args)
+    assert (cfg.momentum, cfg.extra_eval_eps, cfg.eval_size, cfg.data_root) == (
+        0.5, (0.1, 0.2), 7, "/x")
 
 
 def test_cli_trains_and_saves(tmp_path: Path):

@@ -12,13 +12,14 @@ from trainables.errors import CheckpointError, ConfigError, DataError, UserError
 
 _EXPORTS = {
     "DatasetBundle": "data", "TensorImageDataset": "data", "load_dataset": "data",
-    "DATASETS": "data",
     "MODELS": "models", "ModelEntry": "models", "UniModel": "models", "build_model": "models",
     "register_model": "models",
     "pgd": "attacks", "fgsm_rs": "attacks", "robust_accuracy": "attacks",
     "save_checkpoint": "checkpoints", "load_checkpoint": "checkpoints",
     "load_train_state": "checkpoints",
-    "TrainConfig": "train", "TrainResult": "train", "train_model": "train", "run_trial": "train",
+    "TrainConfig": "config", "DATASETS": "config",
+    "TrainResult": "train", "train_model": "train",
+    "run_trial": "trial",
 }
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", *_EXPORTS]

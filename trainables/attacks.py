@@ -25,17 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.config import THREAT_MODELS
 from trainables.errors import ConfigError
 
-__all__ = ["NORMS", "default_step_size", "fgsm_rs", "pgd", "robust_accuracy"]
+__all__ = ["default_step_size", "fgsm_rs", "pgd", "robust_accuracy"]
 
-NORMS = ("l2", "linf")
 _TINY = 1e-12
 
 
 def _check(norm: str, eps: float, steps: int) -> None:
-    if norm not in NORMS:
-        raise ConfigError(f"unknown norm {norm!r}; allowed: {list(NORMS)}")
+    if norm not in THREAT_MODELS:
+        raise ConfigError(f"unknown norm {norm!r}; allowed: {list(THREAT_MODELS)}")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ConfigError(f"eps must be a finite number >= 0, got eps={eps!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:

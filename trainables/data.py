@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from trainables.config import DATASETS
 from trainables.errors import ConfigError, DataError
 
-__all__ = ["DATASETS", "DatasetBundle", "TensorImageDataset", "load_dataset", "random_crop_flip"]
+__all__ = ["DatasetBundle", "TensorImageDataset", "load_dataset", "random_crop_flip"]
 
-DATASETS = ("digits", "cifar10", "imagefolder")
 DIGITS_SPLIT_SEED = 20240611  # fixed: the train/test split never depends on any run's seed
 DIGITS_TEST_FRACTION = 0.25
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # SPEC §2.4

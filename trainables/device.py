@@ -1,7 +1,8 @@
 """The device rule, declared once: ``auto`` = the first CUDA device when there is one, else CPU.
 
-Training (``TrainConfig.device``), feature extraction, attacks, inversion and probes all ask
-``pick_device`` instead of testing ``torch.cuda.is_available()`` themselves.
+Training (``TrainConfig.device``: ``auto``, ``cpu`` or ``cuda``), feature extraction, attacks,
+inversion and probes all ask ``pick_device`` instead of testing ``torch.cuda.is_available()``
+themselves.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import torch
 
 from trainables.errors import ConfigError
 
-__all__ = ["DEVICES", "pick_device"]
-
-DEVICES = ("auto", "cpu", "cuda")
+__all__ = ["pick_device"]
 
 
 def pick_device(requested: str | torch.device = "auto") -> torch.device:

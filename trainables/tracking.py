@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TAG_SWEEP", "TAG_TRIAL_ID", "TAG_CELL", "TAG_ARCH", "TAG_WIDTH", "TAG_EPS", "TAG_SEED",
-    "TAG_THREAT_MODEL", "TAG_DATASET", "TAG_ROLE", "TAG_PARENT", "ROLES",
+    "TAG_THREAT_MODEL", "TAG_DATASET", "TAG_ROLE", "TAG_PARENT",
     "METRIC_TRAIN_LOSS", "METRIC_TRAIN_ACC", "METRIC_CLEAN_ACC", "METRIC_ROBUST_ACC",
     "METRIC_EPOCH", "METRIC_EPOCH_TIME", "METRIC_FINAL_CLEAN_ACC", "METRIC_FINAL_ROBUST_ACC",
     "METRIC_TOTAL_TIME", "ARTIFACT_CHECKPOINT", "final_robust_at", "format_eps",
-    "arch_label", "Paths", "default_paths", "resolve_tracking_uri", "store_exists", "make_client", "with_retries", "ensure_experiment",
-    "find_sweep_run", "find_trial_run", "search_sweep_runs", "flatten_params",
+    "arch_label", "Paths", "default_paths", "resolve_tracking_uri", "store_exists", "make_client",
+    "with_retries", "ensure_experiment", "find_sweep_run", "find_trial_run", "search_sweep_runs",
+    "flatten_params", "chunks",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,8 @@ TAG_EPS = "unisweep.eps"
 TAG_SEED = "unisweep.seed"
 TAG_THREAT_MODEL = "unisweep.threat_model"
 TAG_DATASET = "unisweep.dataset"
-TAG_ROLE = "unisweep.role"
+TAG_ROLE = "unisweep.role"  # sweep | trial | hpo | analysis
 TAG_PARENT = "mlflow.parentRunId"
-ROLES = ("sweep", "trial", "hpo", "analysis")
 
 # Metric names, logged with step = epoch.
 METRIC_TRAIN_LOSS = "train/loss"
@@ -218,7 +218,8 @@ def _quote(value: str) -> str:
 
 def search_sweep_runs(client: MlflowClient, experiment_id: str, *, sweep: str,
                       role: str | None = None, extra: Mapping[str, str] | None = None) -> list[Run]:
-    """All runs of ``sweep`` (optionally of one role and with extra tag equalities), oldest first."""
+    """All runs of ``sweep`` (optionally of one role, and with extra tag equalities), oldest
+    first."""
     clauses = [f"tags.`{TAG_SWEEP}` = {_quote(sweep)}"]
     if role is not None:
         clauses.append(f"tags.`{TAG_ROLE}` = {_quote(role)}")

@@ -1,12 +1,20 @@
-"""The function Ray Tune runs for one grid cell: train, report, and log to one MLflow run.
+"""The function Ray Tune runs for one grid cell (`run_trial`): train, report, log to one MLflow run.
 
-The trial config (built by `sweeps.launch.build_param_space`) is plain data::
+The trial config (built by `sweeps.tuner.base_param_space` and `sweeps.launch.build_param_space`)
+is plain data::
 
-    {"sweep": str, "dataset": {...}, "train": {...}, "eval": {...},
+    {"sweep": str,
+     "dataset": {...}, "train": {...}, "eval": {...},    # the spec's sections, key -> value
      "model": {"arch", "width"}, "threat_model": str, "eps": float, "seed": int,
-     # (or "threat": {"threat_model", "eps"}; or one "cell": {model, threat_model, eps, seed}) "overrides": {arch label: {train field: value}}, "num_threads": int,
+     "overrides": {arch label or "*": {train key: value}},  # the HPO phase's best values
+     "num_threads": int,
      "tracking": {"uri", "experiment_id", "parent_run_id", "sweep", "role"},
-     "_fault": {"after_epoch", "marker_dir", "mode"}   # TEST ONLY, see below}
+     "_fault": {"after_epoch", "marker_dir", "mode"}}     # TEST ONLY, see below
+
+The grid cell may instead come as ``"threat": {"threat_model", "eps"}`` (per-threat-model
+epsilon lists) or as one ``"cell": {model, threat_model, eps, seed}`` (a resume that lost Tune's
+state); `cell_tuple` reads all three. `train_config_dict` turns the config into the arguments
+of `trainables.config.TrainConfig`.
 
 MLflow: exactly one run per trial, a child of the sweep's parent run. After a restart (a
 crashed worker, `Tuner.restore`) the trial finds its run again by tags (sweep + Tune trial id)
@@ -32,8 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric, Param
+from ray import tune
+
 from trainables import tracking as tr
-from trainables.errors import ConfigError
+from trainables.config import TrainConfig, from_spec_sections
 
 __all__ = ["run_trial", "train_config_dict", "cell_key", "cell_tuple"]
 
@@ -42,11 +53,7 @@ _CHECKPOINT_FILES = ("model.safetensors", "meta.json")
 
 
 def cell_tuple(config: dict[str, Any]) -> tuple[str, float, str, float, int]:
-    """(arch, width, threat model, eps, seed) of a resolved trial config.
-
-    The grid's axes are top-level keys (``model``, ``threat_model``/``eps`` or ``threat``,
-    ``seed``); a resumed grid that lists its remaining cells uses one ``cell`` key instead.
-    """
+    """(arch, width, threat model, eps, seed) of a resolved trial config (see module docstring)."""
     src = config.get("cell") or config
     threat = src.get("threat") or {"threat_model": src["threat_model"], "eps": src["eps"]}
     model = src["model"]
@@ -55,52 +62,29 @@ def cell_tuple(config: dict[str, Any]) -> tuple[str, float, str, float, int]:
 
 
 def cell_key(config: dict[str, Any]) -> str:
-    """``<arch>[-w<width>]_<threat>_eps<eps>_seed<seed>``; matches `sweeps.spec.Cell.key`."""
+    """``<arch>[-w<width>]_<threat>_eps<eps>_seed<seed>``; matches `sweeps.grid.Cell.key`."""
     arch, width, threat, eps, seed = cell_tuple(config)
-    label = arch if width == 1.0 else f"{arch}-w{width:g}"
-    return f"{label}_{threat}_eps{tr.format_eps(eps)}_seed{seed}"
+    return f"{tr.arch_label(arch, width)}_{threat}_eps{tr.format_eps(eps)}_seed{seed}"
 
 
 def train_config_dict(config: dict[str, Any]) -> dict[str, Any]:
-    """The `TrainConfig.from_dict` input for a trial config (grid cell + overrides applied).
-
-    ``train.attack_step_rule`` becomes an absolute ``attack_step_size``: ``auto`` -> None
-    (TrainConfig uses 2.5*eps/steps), ``relative`` -> size*eps, ``absolute`` -> size.
-    """
+    """The `TrainConfig.from_dict` input for a trial config: the spec's sections with the
+    cell's architecture's overrides applied (`trainables.config.from_spec_sections`), plus the
+    grid cell and the thread count."""
     arch, width, threat, eps, seed = cell_tuple(config)
-    label = arch if width == 1.0 else f"{arch}-w{width:g}"
-    train = dict(config["train"])
     overrides = config.get("overrides") or {}
-    train.update(overrides.get(label) or overrides.get("*") or {})
-    rule, size = train.pop("attack_step_rule"), train.pop("attack_step_size")
-    if rule == "auto" or eps == 0:
-        step = None
-    elif rule == "relative":
-        step = float(size) * eps
-    elif rule == "absolute":
-        step = float(size)
-    else:
-        raise ConfigError(f"train.attack_step_rule={rule!r} is not allowed; allowed: auto, "
-                          "relative, absolute")
-    data, ev = config["dataset"], config["eval"]
-    return {
-        **train, "attack_step_size": step,
-        "dataset": data["name"], "data_root": data["root"], "image_size": data["image_size"],
-        "eval_size": data["eval_size"], "eval_seed": data["eval_seed"],
-        "num_workers": data["num_workers"],
-        "arch": arch, "width": width, "threat_model": threat, "eps": eps, "seed": seed,
-        "eval_attack_steps": ev["attack_steps"], "final_eval_steps": ev["final_steps"],
-        "final_eval_restarts": ev["restarts"], "extra_eval_eps": list(ev["extra_eps"]),
-        "num_threads": config.get("num_threads"),
-    }
+    train = {**config["train"],
+             **(overrides.get(tr.arch_label(arch, width)) or overrides.get("*") or {})}
+    sections = {"dataset": config["dataset"], "train": train, "eval": config["eval"]}
+    return {**from_spec_sections(sections, eps=eps), "arch": arch, "width": width,
+            "threat_model": threat, "eps": eps, "seed": seed,
+            "num_threads": config.get("num_threads")}
 
 
 def _open_run(client: Any, trk: dict[str, Any], run: Any, *, trial_id: str, key: str,
               params: dict[str, Any], tags: dict[str, str]) -> str:
     """Continue this trial's earlier run (``run``, found by tag) or create it as a child of the
     sweep run; return the run id."""
-    from mlflow.entities import Param
-
     if run is not None:
         tr.with_retries(client.update_run, run.info.run_id, status="RUNNING")
         log.info("continuing MLflow run %s of trial %s", run.info.run_id, trial_id)
@@ -120,8 +104,6 @@ def _report_finished(client: Any, run: Any, *, trial_id: str) -> bool:
     temporary folder; Tune copies it during `tune.report`). Reads from MLflow only: the run's
     status, end time and metric histories stay as they were.
     """
-    from ray import tune
-
     if run is None or run.info.status != "FINISHED":
         return False
     run_id = run.info.run_id
@@ -152,9 +134,6 @@ def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> 
 
 def run_trial(config: dict[str, Any]) -> None:
     """Train one grid cell under Ray Tune; see the module docstring for the config layout."""
-    from mlflow.entities import Metric
-    from ray import tune
-
     trk = config["tracking"]
     trial_id = tune.get_context().get_trial_id()
     client = tr.make_client(trk["uri"])
@@ -162,15 +141,16 @@ def run_trial(config: dict[str, Any]) -> None:
     if _report_finished(client, run, trial_id=trial_id):
         return  # trained before the driver's last restart: never train (or log) it again
 
-    from trainables.train import TrainConfig, train_model  # torch: only when training
+    # torch: only now, so a trial that is already FINISHED (above) reports without loading it.
+    from trainables.train import train_model
 
     cfg = TrainConfig.from_dict(train_config_dict(config))
     key = cell_key(config)
     tags = {tr.TAG_SWEEP: trk["sweep"], tr.TAG_TRIAL_ID: trial_id, tr.TAG_CELL: key,
-            tr.TAG_ARCH: cfg.arch, tr.TAG_WIDTH: repr(cfg.width), tr.TAG_EPS: tr.format_eps(cfg.eps),
-            tr.TAG_SEED: str(cfg.seed), tr.TAG_THREAT_MODEL: cfg.threat_model,
-            tr.TAG_DATASET: cfg.dataset, tr.TAG_ROLE: trk["role"],
-            tr.TAG_PARENT: trk["parent_run_id"]}
+            tr.TAG_ARCH: cfg.arch, tr.TAG_WIDTH: repr(cfg.width),
+            tr.TAG_EPS: tr.format_eps(cfg.eps), tr.TAG_SEED: str(cfg.seed),
+            tr.TAG_THREAT_MODEL: cfg.threat_model, tr.TAG_DATASET: cfg.dataset,
+            tr.TAG_ROLE: trk["role"], tr.TAG_PARENT: trk["parent_run_id"]}
     run_id = _open_run(client, trk, run, trial_id=trial_id, key=key, tags=tags,
                        params={**cfg.to_dict(), "cell": key})
 

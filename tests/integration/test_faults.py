@@ -75,7 +75,8 @@ def _latest_checkpoints(storage: Path, name: str) -> dict[str, int]:
 
 def _reference_finals(run) -> dict[str, float]:
     """Final metrics of the same cell trained uninterrupted, in this process (no Ray)."""
-    from trainables.train import TrainConfig, train_model
+    from trainables.config import TrainConfig
+    from trainables.train import train_model
 
     finals: dict[str, float] = {}
 

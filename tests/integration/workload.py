@@ -96,7 +96,7 @@ def epoch_history(client: Any, run_id: str) -> list[int]:
 
 def trial_config_for(run: Any) -> dict[str, Any]:
     """The TrainConfig dict a trial ran with, rebuilt from its MLflow params."""
-    from trainables.train import TrainConfig
+    from trainables.config import TrainConfig
 
     params = run.data.params
     fields = TrainConfig.__dataclass_fields__
