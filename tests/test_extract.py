@@ -1,5 +1,6 @@
-"""analysis.inputs (extraction, input sets) on tiny real models in a real sqlite MLflow store: fixed hashed inputs, the
-data-hash refusal, the on-disk cache, per-model adversarial inputs, Ray tasks == serial."""
+"""analysis.inputs (extraction, input sets) on tiny real models in a real sqlite MLflow store:
+fixed hashed inputs, the data-hash refusal, the on-disk cache, per-model adversarial inputs, Ray
+tasks == serial."""
 
 from __future__ import annotations
 
