@@ -1,7 +1,9 @@
 """``python -m analysis run SWEEP`` / ``report SWEEP`` / ``reproduce SWEEP``.
 
 User errors (unknown sweep, unknown measure, bad actors count, ...) print one line and exit 2,
-without a traceback. Progress goes to stderr; the final lines say where the report is.
+without a traceback (``trainables.errors.user_errors``). Progress goes to stderr; the final lines
+say where the report is. The commands' modules are imported when a command runs, so ``--help``
+and argument errors answer without importing numpy, mlflow or (for ``reproduce``) torch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 from typing import TextIO
 
-from trainables.errors import UserError
+from trainables.errors import user_errors
 
 __all__ = ["main"]
 
@@ -89,7 +91,7 @@ def _measures(values: list[str] | None) -> list[str] | None:
 
 
 def _run(args) -> None:
-    from analysis.pipeline import run_analysis, run_report
+    from analysis.pipeline import run_analysis, run_report  # see the module docstring
 
     progress = _Progress()
     res = run_analysis(args.sweep, tracking_uri=args.tracking_uri,
@@ -110,7 +112,7 @@ def _run(args) -> None:
 
 
 def _report(args) -> None:
-    from analysis.pipeline import run_report
+    from analysis.pipeline import run_report  # see the module docstring
 
     html = run_report(args.sweep, tracking_uri=args.tracking_uri)
     print(f"report: {html}")
@@ -118,18 +120,18 @@ def _report(args) -> None:
 
 
 def _reproduce(args) -> None:
-    from analysis.pipeline import ensure_ray, resolve_tracking_uri
-    from analysis.reproduce import run_reproduction
+    from analysis.pipeline import ensure_ray  # see the module docstring
+    from analysis.reproduction import run_reproduction  # torch: only for this command
 
     started = ensure_ray(1 if args.ray else 0)
     try:
-        md = run_reproduction(args.sweep, tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        md = run_reproduction(args.sweep, tracking_uri=args.tracking_uri,
                               data_root=args.data_root, eval_size=args.eval_size,
                               data_seed=args.data_seed, max_train=args.max_train,
                               use_ray=args.ray, progress=_Progress())
     finally:
         if started:
-            import ray
+            import ray  # ensure_ray started it, so it is imported already
 
             ray.shutdown()
     for t in json.loads(md.with_suffix(".json").read_text())["targets"]:
@@ -140,14 +142,11 @@ def _reproduce(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    from analysis.measures import MeasureInputError
-
     try:
-        {"run": _run, "report": _report, "reproduce": _reproduce}[args.cmd](args)
-    except (UserError, MeasureInputError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        print(f"error: {'; '.join(lines) or type(exc).__name__}", file=sys.stderr)
-        return 2
+        with user_errors():
+            {"run": _run, "report": _report, "reproduce": _reproduce}[args.cmd](args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     return 0
 
 

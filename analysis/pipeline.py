@@ -1,5 +1,6 @@
 """``run_analysis`` / ``run_report``: the analysis of one sweep, end to end (used by the CLI and
-by ``sweeps``' demo).
+by ``sweeps``' demo). The pieces are ``analysis.inputs`` (models, eval sets, input sets,
+extraction) and ``analysis.engine`` (measure specs, pair planning, engines, the result store).
 
 run_analysis: discover the sweep's finished models in MLflow -> load each dataset's fixed eval
 set (refusing models evaluated on other inputs) -> build the input sets and every model's
@@ -10,6 +11,7 @@ run in MLflow (tag ``unisweep.role=analysis``, child of the sweep's run).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,16 +21,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.extract import ArtifactCache, EvalSet, extract_all
-from analysis.inputs import InputSet, load_eval_sets, make_input_set
-from analysis.models import Discovery, ModelRef, discover_models, models_frame
-from analysis.pairwise import DEFAULT_MEASURES, MeasureSpec, make_engine, parse_measure, plan_pairs
-from analysis.store import ResultStore
+import numpy as np
+
+from analysis.engine import (
+    DEFAULT_MEASURES,
+    KEY,
+    MeasureSpec,
+    ResultStore,
+    item_id,
+    make_engine,
+    parse_measure,
+    plan_pairs,
+)
+from analysis.inputs import (
+    LAYER,
+    ArtifactCache,
+    Block,
+    Discovery,
+    EvalSet,
+    InputSet,
+    ModelRef,
+    discover_models,
+    extract_all,
+    load_eval_sets,
+    models_frame,
+    parse_input_set,
+    quiet_downloads,
+)
+from analysis.measures import MEASURES, MeasureInputError, get_measure
+from analysis.report import build_report
 from trainables import tracking as tr
 from trainables.errors import ConfigError, UserError
 
-__all__ = ["AnalysisResult", "DEMO_MEASURES", "run_analysis", "run_report", "report_dir",
-           "resolve_tracking_uri", "check_specs_fit", "parse_input_set", "ensure_ray"]
+__all__ = ["AnalysisResult", "run_analysis", "run_report", "report_dir", "check_specs_fit",
+           "ensure_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +78,6 @@ class AnalysisResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-# The default set with a cheaper RTD for small CPU runs (the demo): 2 subsamples of 64 points
-# instead of 3 x 200 cut RTD from 0.97 s to 0.035 s per pair on the 18-model digits demo
-# (153 pairs, 2 cores), ranking the pairs almost as the default does (Spearman 0.978).
-DEMO_MEASURES: tuple[str, ...] = tuple(
-    "rtd:n_subsamples=2:subsample_size=64" if s.name == "rtd" else str(s) for s in DEFAULT_MEASURES)
-
-
-def resolve_tracking_uri(tracking_uri: str | None, home: str | os.PathLike | None = None) -> str:
-    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///$UNISWEEP_HOME/mlflow.db``."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tr.default_paths(home).tracking_uri
-
-
 def report_dir(sweep: str, home: str | os.PathLike | None = None) -> Path:
     """``$UNISWEEP_HOME/reports/<sweep>`` (absolute)."""
     return tr.default_paths(home).reports / sweep
@@ -73,7 +87,7 @@ def ensure_ray(actors: int) -> bool:
     """Start a local Ray if the engine needs one and none runs; True if we started it."""
     if actors == 0:
         return False
-    import ray
+    import ray  # Ray only when actors are asked for: the serial path and `report` need none
 
     if ray.is_initialized():
         return False
@@ -106,11 +120,11 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
 
     Args:
         sweep: sweep name (MLflow experiment).
-        tracking_uri: see ``resolve_tracking_uri``.
+        tracking_uri: see ``trainables.tracking.resolve_tracking_uri``.
         home: ``UNISWEEP_HOME`` override (reports go to ``<home>/reports/<sweep>``).
         measures: specs such as ``"knn_jaccard:k=10"``; default ``DEFAULT_MEASURES`` (those
             registered).
-        input_sets: names in ``analysis.inputs.INPUT_SETS``, with options as
+        input_sets: names in ``analysis.inputs.registry.INPUT_SETS``, with options as
             ``name[:key=value...]`` (e.g. ``inverted:iterations=200:num_targets=64``).
         actors: 0 = serial engine and serial extraction; N >= 1 = N Ray actors for pairs and
             Ray tasks for extraction (a local Ray is started if none runs).
@@ -122,13 +136,12 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         UserError: unknown sweep, no usable model, bad measure/input set/actors.
     """
     t_start = time.perf_counter()
-    # one progress bar per downloaded checkpoint would drown the pipeline's own progress lines
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_downloads()  # before Ray starts, so its workers inherit it
     if isinstance(actors, bool) or not isinstance(actors, int) or actors < 0:
         raise ConfigError(f"actors must be an integer >= 0 (0 = serial), got actors={actors!r}")
     specs = _specs(measures)
     isets = [parse_input_set(text) for text in input_sets]
-    uri = resolve_tracking_uri(tracking_uri, home)
+    uri = tr.resolve_tracking_uri(tracking_uri, home)
     disc: Discovery = discover_models(sweep, tracking_uri=uri)
     skipped = {s.run_id: f"{s.label}: {s.reason}" for s in disc.skipped}
     if not disc.models:
@@ -141,26 +154,17 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     started = ensure_ray(actors)
     try:
-        cache = ArtifactCache(out_dir / "cache")
-        blocks, failures = extract_all(disc.models, isets, bases=bases, cache=cache,
-                                       tracking_uri=uri, use_ray=actors > 0, progress=progress)
+        blocks, failures = extract_all(disc.models, isets, bases=bases,
+                                       cache=ArtifactCache(out_dir / "cache"), tracking_uri=uri,
+                                       use_ray=actors > 0, progress=progress)
         label = {m.run_id: m.label for m in disc.models}
         skipped.update({k: f"{label.get(k, k)}: {v}" for k, v in failures.items()})
         store = ResultStore(out_dir / "pairs.parquet")
-        stored = store.load()
-        if retry_errors:
-            stored = stored[stored["status"] == "ok"]
-        done = set(zip(*(stored[k].astype(str) for k in
-                         ("model_a", "model_b", "input_set", "measure", "params_hash",
-                          "inputs_hash")), strict=True))
-        plan = plan_pairs(blocks, specs, done=done)
-        items = {f"{r}@{b.inputs_key[:16]}": p for b in blocks for r, p in b.artifacts.items()}
-        new_rows = _compute(plan, items, store, actors=actors, retry_errors=retry_errors,
-                            progress=progress)
-        stats = new_rows.pop("stats")
+        new_rows, stats = _compute(blocks, specs, store, actors=actors,
+                                   retry_errors=retry_errors, progress=progress)
     finally:
         if started:
-            import ray
+            import ray  # started above, so imported already
 
             ray.shutdown()
     models_frame(disc.models).to_parquet(out_dir / "models.parquet", index=False)
@@ -169,7 +173,7 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
     table = store.load()
     result = AnalysisResult(
         sweep=sweep, report_dir=out_dir, pairs_path=store.path, models=disc.models,
-        skipped=skipped, new_rows=new_rows["n"], total_rows=len(table),
+        skipped=skipped, new_rows=new_rows, total_rows=len(table),
         error_rows=int((table["status"] == "error").sum()), wall_s=time.perf_counter() - t_start,
         analysis_run_id=None, stats=stats)
     if log_mlflow:
@@ -178,28 +182,7 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
     return result
 
 
-def parse_input_set(text: str) -> InputSet:
-    """``name[:key=value[:key=value...]]`` (values as JSON, else strings) -> an ``InputSet``.
-
-    Raises:
-        ConfigError: unknown set (lists the known ones), malformed or unknown option.
-    """
-    name, *parts = text.strip().split(":")
-    options = {}
-    for part in parts:
-        key, eq, raw = part.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"input set spec {text!r}: {part!r} is not key=value")
-        try:
-            options[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key.strip()] = raw.strip()
-    return make_input_set(name, **options)
-
-
 def _specs(measures: Sequence[str | MeasureSpec] | None) -> list[MeasureSpec]:
-    from analysis.measures._base import MEASURES
-
     if measures is None:
         return [s for s in DEFAULT_MEASURES if s.name in MEASURES]
     specs = [m if isinstance(m, MeasureSpec) else parse_measure(m) for m in measures]
@@ -221,10 +204,6 @@ def check_specs_fit(specs: Sequence[MeasureSpec], input_sets: Sequence[InputSet]
             measure) the param, its value and what is allowed.
         ConfigError: an input set's options do not fit the eval set (``InputSet.size``).
     """
-    import numpy as np
-
-    from analysis.measures._base import MeasureInputError, get_measure
-
     for spec in specs:
         measure = get_measure(spec.name)
         for iset in input_sets:
@@ -248,9 +227,17 @@ def check_specs_fit(specs: Sequence[MeasureSpec], input_sets: Sequence[InputSet]
                     raise MeasureInputError(f"measure {spec} does not fit {where}: {why}") from None
 
 
-def _compute(plan, items, store: ResultStore, *, actors: int, retry_errors: bool,
-             progress: Progress | None, flush_s: float = 10.0) -> dict[str, Any]:
-    """Run the engine, appending rows to the store every ``flush_s`` seconds and at the end."""
+def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: ResultStore, *,
+             actors: int, retry_errors: bool, progress: Progress | None,
+             flush_s: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """Plan the pairs the store lacks and run the engine on them, appending rows to the store
+    every ``flush_s`` seconds and at the end; returns (rows written, engine stats)."""
+    stored = store.load()
+    if retry_errors:
+        stored = stored[stored["status"] == "ok"]
+    done = set(zip(*(stored[k].astype(str) for k in KEY), strict=True))
+    plan = plan_pairs(blocks, specs, done=done)
+    items = {item_id(r, b.inputs_key): p for b in blocks for r, p in b.artifacts.items()}
     engine = make_engine(actors)
     buffer: list[dict] = []
     written = [0, time.monotonic()]
@@ -268,14 +255,14 @@ def _compute(plan, items, store: ResultStore, *, actors: int, retry_errors: bool
 
     stats = engine.run(plan, items, sink=sink, progress=on_pairs)
     written[0] += store.append(buffer, replace_errors=retry_errors)
-    return {"n": written[0], "stats": stats.__dict__}
+    return written[0], stats.__dict__
 
 
 def _manifest(blocks, isets, bases) -> dict[str, Any]:
     return {
-        "layer": "penultimate",
+        "layer": LAYER,
         "eval_sets": {d: {"hash": b.hash, "n": int(len(b.y)),
-                          "indices_sha256": __import__("hashlib").sha256(
+                          "indices_sha256": hashlib.sha256(
                               b.indices.astype("<i8").tobytes()).hexdigest()}
                       for d, b in bases.items()},
         "input_sets": {s.name: {"per_model": s.per_model, "params": s.params()} for s in isets},
@@ -296,7 +283,7 @@ def _log_analysis(uri: str, disc: Discovery, result: AnalysisResult, specs, inpu
     run_id = _analysis_run(client, disc.sweep, disc.experiment_id)
     params = {"measures": ",".join(str(s) for s in specs), "input_sets": ",".join(input_sets),
               "actors": str(actors)}
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param  # mlflow only when logging (log_mlflow=True)
 
     now = int(time.time() * 1000)
     existing = tr.with_retries(client.get_run, run_id).data.params
@@ -323,15 +310,13 @@ def run_report(sweep: str, *, home: str | os.PathLike | None = None,
     Raises:
         UserError: the sweep has not been analysed yet (no ``pairs.parquet``).
     """
-    from analysis.report import build_report
-
     out_dir = report_dir(sweep, home)
     if not (out_dir / "pairs.parquet").exists():
         raise UserError(f"no analysis of sweep {sweep!r} at {out_dir}/pairs.parquet; "
                         f"run `python -m analysis run {sweep}` first")
     html = build_report(out_dir, sweep=sweep, seed=seed)
     if log_mlflow:
-        uri = resolve_tracking_uri(tracking_uri, home)
+        uri = tr.resolve_tracking_uri(tracking_uri, home)
         client = tr.make_client(uri)
         exp = tr.with_retries(client.get_experiment_by_name, sweep)
         if exp is not None:

@@ -31,7 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.store import ResultStore  # noqa: E402
+from analysis.engine.store import ResultStore  # noqa: E402
+from analysis.measures import MeasureInputError, fort_bounds  # noqa: E402
+from trainables.errors import UserError  # noqa: E402
 
 __all__ = ["annotate", "summarise", "bootstrap_ci", "fort_reference", "build_report",
            "screenshot"]
@@ -105,8 +107,6 @@ def fort_reference(tidy: pd.DataFrame) -> pd.DataFrame:
                  & (tidy["input_set"] == "clean")].copy()
     if agree.empty or agree["clean_acc_a"].isna().all():
         return agree.assign(fort_upper=np.nan, fort_lower=np.nan, within=False)
-    from analysis.measures import MeasureInputError, fort_bounds
-
     upper, lower = [], []
     for acc_a, acc_b, c in zip(agree["clean_acc_a"], agree["clean_acc_b"], agree["num_classes_a"],
                                strict=True):
@@ -254,35 +254,51 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
                  "clean_acc_b", "value", "fort_lower", "fort_upper", "within"]
     fort.reindex(columns=fort_cols).to_csv(rdir / "fort.csv", index=False)
 
-    sections = []
-    for (dataset, iset), sub in tidy.groupby(["dataset", "input_set"], sort=True):
-        figs = []
-        for (measure, params), msub in sub.groupby(["measure", "params"], sort=True):
-            ok = msub[msub["status"] == "ok"]
-            if ok.empty:
-                continue
-            tag = f"{iset}_{measure}" + ("" if params == "{}" else f"_{zlib.crc32(params.encode()):x}")
-            label = measure if params == "{}" else f"{measure} {params}"
-            figs.append(_heatmap(ok, models, f"{label} on {iset} ({dataset})",
-                                 rdir / f"heatmap_{dataset}_{tag}.png"))
-        figs.append(_groups_plot(sub, f"pair values by group, {iset} ({dataset})",
-                                 rdir / f"groups_{dataset}_{iset}.png", seed))
-        ve = vs_eps[(vs_eps["dataset"] == dataset) & (vs_eps["input_set"] == iset)]
-        if not ve.empty:
-            figs.append(_vs_eps_plot(ve, f"similarity / agreement vs eps, {iset} ({dataset})",
-                                     rdir / f"vs_eps_{dataset}_{iset}.png"))
-        fsub = fort[(fort["dataset"] == dataset) & (fort["input_set"] == iset)]
-        fort_html = ""
-        if not fsub.empty and fsub["fort_upper"].notna().any():
-            figs.append(_fort_plot(fsub, f"agreement vs Fort et al. reference values, {iset}",
-                                   rdir / f"fort_{dataset}_{iset}.png"))
-            fort_html = (f"<p class='note'>{int(fsub['within'].sum())} of {len(fsub)} pairs "
-                         f"lie between the Fort reference values.</p>")
-        ssub = summary[(summary["dataset"] == dataset) & (summary["input_set"] == iset)]
-        sections.append(f"<h2>{html.escape(iset)} inputs ({html.escape(dataset)})</h2>"
-                        + fort_html + "".join(_img(p) for p in figs)
-                        + "<h3>Summary by group</h3>"
-                        + _table(ssub.drop(columns=["dataset", "input_set"])))
+    sections = [_section(dataset, iset, sub, models=models, rdir=rdir, seed=seed,
+                         summary=summary, vs_eps=vs_eps, fort=fort)
+                for (dataset, iset), sub in tidy.groupby(["dataset", "input_set"], sort=True)]
+    page = _page(sweep, pairs, models, skipped, sections, seed=seed)
+    index = rdir / "index.html"
+    index.write_text(page)
+    log.info("report written to %s", index)
+    return index
+
+
+def _section(dataset: str, iset: str, sub: pd.DataFrame, *, models: pd.DataFrame, rdir: Path,
+             seed: int, summary: pd.DataFrame, vs_eps: pd.DataFrame, fort: pd.DataFrame) -> str:
+    """The HTML section of one (dataset, input set): heatmaps, group plots, vs-eps, Fort."""
+    figs = []
+    for (measure, params), msub in sub.groupby(["measure", "params"], sort=True):
+        ok = msub[msub["status"] == "ok"]
+        if ok.empty:
+            continue
+        tag = f"{iset}_{measure}" + ("" if params == "{}" else f"_{zlib.crc32(params.encode()):x}")
+        label = measure if params == "{}" else f"{measure} {params}"
+        figs.append(_heatmap(ok, models, f"{label} on {iset} ({dataset})",
+                             rdir / f"heatmap_{dataset}_{tag}.png"))
+    figs.append(_groups_plot(sub, f"pair values by group, {iset} ({dataset})",
+                             rdir / f"groups_{dataset}_{iset}.png", seed))
+    ve = vs_eps[(vs_eps["dataset"] == dataset) & (vs_eps["input_set"] == iset)]
+    if not ve.empty:
+        figs.append(_vs_eps_plot(ve, f"similarity / agreement vs eps, {iset} ({dataset})",
+                                 rdir / f"vs_eps_{dataset}_{iset}.png"))
+    fsub = fort[(fort["dataset"] == dataset) & (fort["input_set"] == iset)]
+    fort_html = ""
+    if not fsub.empty and fsub["fort_upper"].notna().any():
+        figs.append(_fort_plot(fsub, f"agreement vs Fort et al. reference values, {iset}",
+                               rdir / f"fort_{dataset}_{iset}.png"))
+        fort_html = (f"<p class='note'>{int(fsub['within'].sum())} of {len(fsub)} pairs "
+                     f"lie between the Fort reference values.</p>")
+    ssub = summary[(summary["dataset"] == dataset) & (summary["input_set"] == iset)]
+    return (f"<h2>{html.escape(iset)} inputs ({html.escape(dataset)})</h2>"
+            + fort_html + "".join(_img(p) for p in figs)
+            + "<h3>Summary by group</h3>"
+            + _table(ssub.drop(columns=["dataset", "input_set"])))
+
+
+def _page(sweep: str, pairs: pd.DataFrame, models: pd.DataFrame, skipped: dict[str, str],
+          sections: list[str], *, seed: int) -> str:
+    """The whole HTML page: the models, the skipped runs, the sections, failed comparisons."""
     n_err = int((pairs["status"] == "error").sum())
     errors = pairs[pairs["status"] == "error"][["model_a", "model_b", "input_set", "measure",
                                                 "error"]].head(50)
@@ -290,7 +306,7 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
                            for k, v in skipped.items()) or "<li>none</li>"
     mcols = ["label", "arch", "width", "dataset", "threat_model", "eps", "seed", "clean_acc",
              "robust_acc", "run_id"]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unisweep report: "
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>unisweep report: "
             f"{html.escape(sweep)}</title><style>{_CSS}</style></head><body>"
             f"<h1>unisweep report: {html.escape(sweep)}</h1>"
             f"<p class='note'>{len(models)} models, {len(pairs)} comparisons "
@@ -303,10 +319,6 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
             + (f"<h2>Failed comparisons (first 50 of {n_err})</h2>" + _table(errors)
                if n_err else "")
             + "</body></html>")
-    index = rdir / "index.html"
-    index.write_text(page)
-    log.info("report written to %s", index)
-    return index
 
 
 BROWSERS = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -320,8 +332,6 @@ def screenshot(html_path: str | Path, png_path: str | Path, *, width: int = 1280
         UserError: no Chromium on this machine (install it with ``apt-get install chromium``),
             or the browser failed (its stderr is quoted).
     """
-    from trainables.errors import UserError
-
     browser = next((b for b in (shutil.which(n) for n in BROWSERS) if b), None)
     if browser is None:
         raise UserError(f"no headless Chromium found (looked for {list(BROWSERS)}); install it "

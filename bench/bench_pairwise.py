@@ -15,29 +15,18 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.pairwise import MeasureSpec, RayEngine, SerialEngine, item_id, plan_pairs
+from analysis.engine import MeasureSpec, RayEngine, SerialEngine, item_id, plan_pairs
+from analysis.inputs import Block
+from bench._common import print_rows, row
 
 SPECS = (MeasureSpec("procrustes_sim"), MeasureSpec("linear_cka_debiased"))
 TARGET = 1.7
 
 
-@dataclass(frozen=True)
-class _Block:
-    """The fields of ``analysis.extract.Block`` that ``plan_pairs`` reads."""
-
-    input_set: str
-    dataset: str
-    inputs_key: str
-    rows: tuple
-    cols: tuple
-    shared: bool
-
-
-def _items(m: int, n: int, d: int, seed: int = 0) -> tuple[dict, list[_Block]]:
+def _items(m: int, n: int, d: int, seed: int = 0) -> tuple[dict, list[Block]]:
     """M models' float32 features (N, D) sharing a latent, on one shared input set."""
     rng = np.random.default_rng(seed)
     key = "b" * 64
@@ -48,13 +37,7 @@ def _items(m: int, n: int, d: int, seed: int = 0) -> tuple[dict, list[_Block]]:
         mix = rng.normal(size=(d, d)).astype(np.float32) / np.sqrt(d)
         feats = latent @ mix + 0.5 * rng.normal(size=(n, d)).astype(np.float32)
         items[item_id(i, key)] = {"features": feats}
-    return items, [_Block("clean", "bench", key, ids, ids, True)]
-
-
-def _row(name, value_s, baseline_name, baseline_s, ratio, target, met, note=""):
-    return {"name": name, "value_s": value_s, "baseline_name": baseline_name,
-            "baseline_s": baseline_s, "ratio": ratio, "target": target,
-            "met": None if met is None else bool(met), "note": note}
+    return items, [Block("clean", "bench", key, ids, ids, True)]
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -128,7 +111,7 @@ def run(quick: bool = False) -> list[dict]:
     got1, got2 = statistics.median(c1), statistics.median(c2)
     bound = got2 / got1 if got1 > 0 else float("nan")
     rows = [
-        _row(f"pairwise engine 2 actors vs 1 actor {tag}", statistics.median(t2),
+        row(f"pairwise engine 2 actors vs 1 actor {tag}", statistics.median(t2),
              "same plan on 1 actor", statistics.median(t1), ratio,
              "(quick: sizes too small for the target)" if quick else f">= {TARGET}x",
              None if quick else ratio >= TARGET,
@@ -137,7 +120,7 @@ def run(quick: bool = False) -> list[dict]:
              f"({start_s:.1f} s for 3 actors), 1 BLAS thread per actor; cores the actors got: "
              f"1 actor {got1:.2f}, 2 actors {got2:.2f} (so at most {bound:.2f}x was available; "
              f"speed-up per core obtained {ratio / bound:.2f}); 1-min load {load:.1f}"),
-        _row(f"pairwise engine 1 actor vs serial {tag}", statistics.median(t1),
+        row(f"pairwise engine 1 actor vs serial {tag}", statistics.median(t1),
              "SerialEngine pair by pair, in process", serial, serial / statistics.median(t1),
              "(context)", None,
              "the serial engine's BLAS may use both cores; an actor is capped at one thread"),
@@ -145,10 +128,5 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    for r in run():
-        print(r)
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(run)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._common import print_rows, row
+
 TARGET = 0.15  # overhead <= 15% when each trial trains for >= 30 s
 # ~30 s per trial here: the demo's residual net (resnet18 width 0.125), ~2.3 s per epoch on
 # one thread, 12 epochs. Demo-sized: the demo's cnn cells (6 epochs, ~1 s each).
@@ -41,12 +43,6 @@ DEMO = ("cnn", 1.0, 6)
 def _env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-
-def _row(name, value_s, baseline_name, baseline_s, ratio, target, met, note=""):
-    return {"name": name, "value_s": value_s, "baseline_name": baseline_name,
-            "baseline_s": baseline_s, "ratio": ratio, "target": target,
-            "met": None if met is None else bool(met), "note": note}
 
 
 def _spec(home: Path, name: str, arch: str, width: float, epochs: int):
@@ -155,21 +151,21 @@ def _case(label: str, arch: str, width: float, epochs: int, home: Path) -> list[
              f" train+eval in the sweep {s['compute']:.1f} s vs loop {loop_compute:.1f} s; "
              f"1-min load {os.getloadavg()[0]:.1f}{fresh}")
     what = f"digits {spec.archs[0].label} PGD-7, {epochs} epoch(s)"
-    raw = _row(f"sweep wall vs loop wall, {trials} trials x {trial_s:.0f} s ({what})", s["total"],
+    raw = row(f"sweep wall vs loop wall, {trials} trials x {trial_s:.0f} s ({what})", s["total"],
                "same cells in a plain train_model loop", loop_s, loop_s / s["total"], "(report)",
                None, f"overhead {s['total'] / loop_s - 1:+.1%} of wall: {split}")
     if label != "30s":
         return [raw]
     need = fixed / (TARGET * trial_s - per_trial) if TARGET * trial_s > per_trial else math.inf
     return [
-        _row(f"sweep overhead per trial, trials of {trial_s:.0f} s ({what})", trial_s + per_trial,
+        row(f"sweep overhead per trial, trials of {trial_s:.0f} s ({what})", trial_s + per_trial,
              "the trial's training + evaluation alone (loop)", trial_s,
              trial_s / (trial_s + per_trial),
              f"overhead <= {TARGET:.0%} (ratio >= {1 / (1 + TARGET):.3f})",
              per_trial <= TARGET * trial_s,
              f"{per_trial:.2f} s per trial ({per_trial / trial_s:.1%}); fixed once per sweep: "
              f"{fixed:.1f} s (below)"),
-        _row(f"sweep fixed cost, once per sweep ({what})", fixed, "one trial's training + "
+        row(f"sweep fixed cost, once per sweep ({what})", fixed, "one trial's training + "
              "evaluation", trial_s, trial_s / fixed, "(report)", None,
              f"whole-sweep overhead <= {TARGET:.0%} from {math.ceil(need)} trials of "
              f"{trial_s:.0f} s (fixed {fixed:.1f} s + {per_trial:.2f} s per trial)"),
@@ -195,10 +191,5 @@ def run(quick: bool = False) -> list[dict]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def main() -> None:
-    for r in run():
-        print(r)
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(run)

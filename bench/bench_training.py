@@ -23,18 +23,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench._common import print_rows, row
 from trainables.attacks import pgd
 from trainables.models import build_model
 
 K = 7
 EPS = 8 / 255
 TARGET = 1 / 1.10  # PGD step <= 1.10 x limit
-
-
-def _row(name, value_s, baseline_name, baseline_s, ratio, target, met, note=""):
-    return {"name": name, "value_s": value_s, "baseline_name": baseline_name,
-            "baseline_s": baseline_s, "ratio": ratio, "target": target,
-            "met": None if met is None else bool(met), "note": note}
 
 
 def _bench_arch(arch: str, width: float, batch: int, rounds: int) -> list[dict]:
@@ -86,15 +81,15 @@ def _bench_arch(arch: str, width: float, batch: int, rounds: int) -> list[dict]:
     note = (f"median of {rounds} rounds; torch {torch.__version__}, {torch.get_num_threads()} "
             f"threads; 1-min load {os.getloadavg()[0]:.1f}")
     return [
-        _row(f"PGD-{K} training step vs limit ({tag})", t_adv,
+        row(f"PGD-{K} training step vs limit ({tag})", t_adv,
              f"limit = {K} x attack iteration + standard step", limit, ratio,
              "within 10% (ratio >= 0.909)", ratio >= TARGET,
              f"ratio = median of per-round limit/PGD-step ratios "
              f"({', '.join(f'{r:.2f}' for r in ratios)}); iteration {t_it * 1e3:.1f} ms, "
              f"standard step {t_std * 1e3:.1f} ms; {note}"),
-        _row(f"PGD-{K} training step vs standard step ({tag})", t_adv, "one standard step",
+        row(f"PGD-{K} training step vs standard step ({tag})", t_adv, "one standard step",
              t_std, t_std / t_adv, "(context: ideal ~1/(k*iter/std + 1))", None, note),
-        _row(f"attack iteration vs standard step ({tag})", t_it,
+        row(f"attack iteration vs standard step ({tag})", t_it,
              "one standard step (fwd + bwd to weights + SGD)", t_std, t_std / t_it,
              "(context)", None, "forward + backward to the input only, eval mode"),
     ]
@@ -115,10 +110,5 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    for r in run():
-        print(r)
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(run)

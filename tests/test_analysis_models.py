@@ -1,4 +1,4 @@
-"""analysis.models: discovery of a sweep's models in a real sqlite MLflow store.
+"""analysis.inputs.discovery: discovery of a sweep's models in a real sqlite MLflow store.
 
 `build_sweep` (also used by test_extract.py and test_report.py) trains tiny real models with
 `trainables.train.train_model` (1 epoch on digits, ~1 s each) and logs them exactly as a trial
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.models import discover_models, load_model, models_frame
+from analysis.inputs import discover_models, load_model, models_frame
 from trainables import tracking as tr
 from trainables.errors import CheckpointError, UserError
 

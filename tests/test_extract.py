@@ -1,5 +1,6 @@
-"""analysis.extract on tiny real models in a real sqlite MLflow store: fixed hashed inputs, the
-data-hash refusal, the on-disk cache, per-model adversarial inputs, Ray tasks == serial."""
+"""analysis.inputs (extraction, input sets) on tiny real models in a real sqlite MLflow store:
+fixed hashed inputs, the data-hash refusal, the on-disk cache, per-model adversarial inputs, Ray
+tasks == serial."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import numpy as np
 import pytest
 from test_analysis_models import EVAL_SIZE, build_sweep
 
-from analysis.extract import (ArtifactCache, check_data_hash, extract_all, load_eval_set,
-                              make_input_set)
-from analysis.models import discover_models
+from analysis.inputs import (ArtifactCache, check_data_hash, discover_models, extract_all,
+                             load_eval_set, make_input_set)
 from trainables.errors import ConfigError, DataError
 
 CELLS = [("mlp", 0.0, 0), ("mlp", 0.1, 0), ("cnn", 0.1, 1)]

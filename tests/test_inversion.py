@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.inversion import (
+from analysis.inputs.inversion import (
     InversionConfig,
     invert,
     invert_on_ray,

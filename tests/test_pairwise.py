@@ -4,16 +4,15 @@ resumability through the result store, error rows, asymmetric (per-model) input 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.measures import MeasureInputError, get_measure
-from analysis.pairwise import (MeasureSpec, RayEngine, SerialEngine, item_id, make_engine,
-                               parse_measure, plan_pairs)
-from analysis.store import KEY, ResultStore
+from analysis.engine import (KEY, MeasureSpec, RayEngine, ResultStore, SerialEngine, item_id,
+                             make_engine, parse_measure, plan_pairs)
+from analysis.inputs import Block
 from trainables.errors import ConfigError
 
 SPECS = [MeasureSpec("linear_cka"), MeasureSpec("knn_jaccard", (("k", 5),)),
@@ -21,16 +20,6 @@ SPECS = [MeasureSpec("linear_cka"), MeasureSpec("knn_jaccard", (("k", 5),)),
          MeasureSpec("error_consistency")]
 SORT = ["measure", "input_set", "model_a", "model_b"]
 BLOCK_TOL = 1e-10
-
-
-@dataclass(frozen=True)
-class Blk:
-    input_set: str
-    dataset: str
-    inputs_key: str
-    rows: tuple
-    cols: tuple
-    shared: bool
 
 
 def synthetic(m: int, n: int = 120, d: int = 12, seed: int = 0, *, per_model: bool = False):
@@ -51,9 +40,9 @@ def synthetic(m: int, n: int = 120, d: int = 12, seed: int = 0, *, per_model: bo
                                       "probs": probs.astype(np.float32),
                                       "preds": logits.argmax(1).astype(np.int64), "labels": labels}
     if per_model:
-        blocks = [Blk("adv", "syn", keys[i], (i,), ids, False) for i in ids]
+        blocks = [Block("adv", "syn", keys[i], (i,), ids, False) for i in ids]
     else:
-        blocks = [Blk("clean", "syn", keys["shared"], ids, ids, True)]
+        blocks = [Block("clean", "syn", keys["shared"], ids, ids, True)]
     return items, blocks
 
 

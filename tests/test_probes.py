@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.probes import ProbeConfig, agreement_matrix, run_probes, train_probe
+from analysis.reproduction.probes import ProbeConfig, agreement_matrix, run_probes, train_probe
 from trainables.data import load_dataset
 from trainables.errors import ConfigError, DataError
 from trainables.models import build_model

@@ -14,7 +14,7 @@ from test_analysis_models import build_sweep
 from analysis.__main__ import main
 from analysis.pipeline import run_analysis, run_report
 from analysis.report import screenshot
-from analysis.store import KEY, ResultStore
+from analysis.engine import KEY, ResultStore
 from trainables import tracking as tr
 from trainables.errors import UserError
 

@@ -10,22 +10,21 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
+from analysis.engine import ResultStore, spec_key
 from analysis.pipeline import run_analysis
-from analysis.probes import ProbeConfig
-from analysis.reproduce import run_reproduction
-from analysis.store import ResultStore
-from analysis.targets import (
+from analysis.reproduction import (
     FAILS,
     HOLDS,
     UNTESTABLE,
     ModelInfo,
+    ProbeConfig,
     ReproConfig,
     StudyData,
-    _boot_draws,
-    _target5,
     evaluate_targets,
-    spec_key,
+    run_reproduction,
 )
+from analysis.reproduction.stats import boot_draws
+from analysis.reproduction.targets_agreement import target5
 from trainables import tracking as tr
 from trainables.train import TrainConfig, train_model
 
@@ -142,10 +141,10 @@ def test_agreement_target_verdicts_follow_the_data(rng):
 
 def test_model_bootstrap_excludes_self_pairs(rng):
     V = np.array([[np.nan, 1.0, 1.0], [1.0, np.nan, 1.0], [1.0, 1.0, np.nan]])
-    draws = _boot_draws(V, 100, rng)
+    draws = boot_draws(V, 100, rng)
     finite = draws[~np.isnan(draws)]
     assert finite.size > 50 and np.all(finite == 1.0)
-    one = _boot_draws(np.array([[np.nan]]), 10, rng)
+    one = boot_draws(np.array([[np.nan]]), 10, rng)
     assert np.all(np.isnan(one))
 
 
@@ -189,12 +188,12 @@ def test_fort_target_allows_one_input_of_resolution_and_no_more():
     a[0] = b[0] = (y[0] + 1) % 10  # a shared error ...
     b[1] = (y[1] + 1) % 10         # ... and one more of B: acc .99 / .98, agreement .99
     cfg = ReproConfig(n_bootstrap=100)
-    res = _target5(_pair_study(a, b, y), cfg, [0.0])
+    res = target5(_pair_study(a, b, y), cfg, [0.0])
     # Fort's maximum agreement here is 1 - 0.09/8.9 = 0.98989: 0.99 is above it by < 1/N
     assert res.status == HOLDS and "less than one input" in res.reason
     assert res.figures["eps=0"]["pairs_strictly_within"] == 0 and res.figures["tolerance"] == 0.01
     a, b = y.copy(), y.copy()
     a[:10] = (y[:10] + 1) % 10
     b[10:20] = (y[10:20] + 1) % 10  # disjoint errors: agreement .80, independent value .811
-    res = _target5(_pair_study(a, b, y), cfg, [0.0])
+    res = target5(_pair_study(a, b, y), cfg, [0.0])
     assert res.status == FAILS and "1 of 1 pairs outside" in res.reason

@@ -70,7 +70,7 @@ def test_pickled_checkpoint_artifact_in_mlflow_is_refused_by_the_analysis(tmp_pa
     """The analysis path: a trial run whose logged checkpoint/model.safetensors is a pickle."""
     from mlflow import MlflowClient
 
-    from analysis.models import ModelRef, load_model
+    from analysis.inputs import ModelRef, load_model
 
     marker = tmp_path / "PWNED"
     ckpt = _good_checkpoint(tmp_path / "ckpt")

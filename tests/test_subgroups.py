@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from analysis.engine import MeasureSpec
 from analysis.measures import compare
-from analysis.subgroups import (
-    MeasureSpec,
+from analysis.reproduction.subgroups import (
     min_samples,
     results_frame,
     split_agree,

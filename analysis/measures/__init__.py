@@ -1,11 +1,12 @@
-"""Representational-similarity and prediction-agreement measures (registry + all-pairs engine).
+"""Representational-similarity and prediction-agreement measures: the registry and its contract.
 
     from analysis.measures import MEASURES, compare, pairwise, orient
     compare("linear_cka", A, B)                      # A (N, Da), B (N, Db) float
     pairwise("knn_jaccard", [A, B, C], k=10)         # (3, 3) float64
     compare("error_consistency", ya, yb, labels=y)   # predicted labels (N,) int
 
-See docs/measures.md for the table of measures, their direction, range and invariances.
+See docs/measures.md for the table of measures, their direction, range and invariances; the
+all-pairs engine over many models is ``analysis.engine``.
 """
 
 from __future__ import annotations

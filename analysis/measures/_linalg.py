@@ -109,13 +109,6 @@ def upper_blocks(mats: Sequence[np.ndarray], *, strict: bool = False) -> Iterato
         yield from rec(0, len(mats))
 
 
-def symmetric_from_upper(values: dict[tuple[int, int], float], m: int) -> np.ndarray:
-    out = np.empty((m, m))
-    for (i, j), v in values.items():
-        out[i, j] = out[j, i] = v
-    return out
-
-
 def gram_stack_inner(grams: Sequence[np.ndarray]) -> np.ndarray | None:
     """(M, M) Frobenius inner products <G_i, G_j> via one GEMM of the flattened Grams.
 

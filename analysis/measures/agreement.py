@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._base import LABELS, Measure, MeasureInputError, get_measure, register_measure
+from ._presets import DISTANCE, ON_LABELS, SIMILARITY
 
 
 def narrow_labels(y: np.ndarray) -> np.ndarray:
@@ -58,68 +59,63 @@ def kappa_from_counts(agree: np.ndarray, chance_num: np.ndarray, n: int) -> np.n
     return np.where(degenerate, 1.0, (p_o - p_e) / np.where(degenerate, 1.0, denom))
 
 
-_FUNC = dict(kind="functional", input="labels", symmetric=True, invariances=("class_relabel",))
+_COUNTS_COST = "O(N) per pair; all pairs one (M, N) block compare per model"
 
 
 @register_measure(
     "disagreement",
-    higher_is_more_similar=False,
-    self_value=0.0,
     range=(0.0, 1.0),
     params={},
     reference="SPEC 3.3; Fort et al. 2020",
     formula="d = mean_i 1[yA_i != yB_i]",
-    cost="O(N) per pair; all pairs one (M, N) block compare per model",
+    cost=_COUNTS_COST,
     variant="disagreement",
-    **_FUNC,
+    **DISTANCE,
+    **ON_LABELS,
 )
 @register_measure(
     "agreement",
-    higher_is_more_similar=True,
-    self_value=1.0,
     range=(0.0, 1.0),
     params={},
     reference="SPEC 3.3 (the figures plot 1 - disagreement)",
     formula="1 - d",
-    cost="O(N) per pair; all pairs one (M, N) block compare per model",
+    cost=_COUNTS_COST,
     variant="agreement",
-    **_FUNC,
+    **SIMILARITY,
+    **ON_LABELS,
 )
 @register_measure(
     "cohen_kappa",
-    higher_is_more_similar=True,
-    self_value=1.0,
     range=(-1.0, 1.0),
     params={},
     reference="Cohen 1960, A coefficient of agreement for nominal scales; SPEC 3.3",
     formula="(p_o - p_e) / (1 - p_e), p_o = 1 - d, p_e = sum_c nA_c nB_c / N^2; 1 if p_e = 1",
     cost="O(N + C) per pair; all pairs: block compare + (M, C) x (C, M) GEMM",
     variant="kappa",
-    **_FUNC,
+    **SIMILARITY,
+    **ON_LABELS,
 )
 @register_measure(
     "normalized_disagreement",
-    higher_is_more_similar=False,
-    self_value=0.0,
     range=(0.0, 1.0),
     params={"labels": LABELS},
     reference="SPEC 3.3 (rob-univ func.py), bounds as in Fort et al. 2020",
     formula="(d - |eA - eB|) / (min(eA + eB, 1) - |eA - eB|); 0 when the bounds coincide",
     cost="O(N) per pair",
     variant="normalized",
-    **_FUNC,
+    **DISTANCE,
+    **ON_LABELS,
 )
 @register_measure(
     "error_consistency",
-    higher_is_more_similar=True,
-    self_value=1.0,
     range=(-1.0, 1.0),
     params={"labels": LABELS},
     reference="Geirhos et al. 2020, Beyond accuracy: quantifying trial-by-trial behaviour ... (NeurIPS)",
     formula="(c_obs - c_exp) / (1 - c_exp), c_exp = pA pB + (1-pA)(1-pB), c_obs = P(both right or both wrong)",
     cost="O(N) per pair; all pairs one (M, N) x (N, M) GEMM",
     variant="error_consistency",
-    **_FUNC,
+    **SIMILARITY,
+    **ON_LABELS,
 )
 class LabelAgreement(Measure):
     """Agreement-family measures on predicted labels (one class, five registered variants).

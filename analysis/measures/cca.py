@@ -23,6 +23,7 @@ import numpy as np
 
 from ._base import Measure, real, register_measure
 from ._linalg import centred
+from ._presets import REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
 RANK_TOL = 1e-10
 
@@ -41,26 +42,21 @@ def _basis(X: np.ndarray, keep: float | None, name: str) -> tuple[np.ndarray, np
 
 @register_measure(
     "svcca",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=True,
-    symmetric=True,
-    self_value=1.0,
     range=(0.0, 1.0),
-    invariances=("orthogonal", "isotropic_scale", "translation", "permutation"),
+    invariances=ROTATION_INVARIANT,
     params={"keep": real(0.99, lo=0.0, lo_open=True, hi=1.0)},
     reference="Raghu et al. 2017, SVCCA (NeurIPS)",
     formula="mean of the canonical correlations between the top-variance SVD subspaces (fraction `keep`)",
     cost="O(N D min(N,D)) per model, O(N ra rb) per pair",
     variant="svcca",
+    **REPRESENTATIONAL,
+    **SIMILARITY,
 )
 @register_measure(
     "pwcca",
     kind="representational",
     input="features",
-    higher_is_more_similar=True,
     symmetric=False,
-    self_value=1.0,
     range=(0.0, 1.0),
     invariances=("isotropic_scale", "translation", "permutation"),
     params={},
@@ -68,6 +64,7 @@ def _basis(X: np.ndarray, keep: float | None, name: str) -> tuple[np.ndarray, np
     formula="sum_i alpha_i rho_i / sum_i alpha_i, alpha_i = sum_j |<h_i, x_j>| (h_i: canonical variates of X)",
     cost="O(N D min(N,D)) per model, O(N ra rb + ra rb D) per pair",
     variant="pwcca",
+    **SIMILARITY,
 )
 class CCA(Measure):
     """SVCCA (`svcca`) and projection-weighted CCA (`pwcca`)."""

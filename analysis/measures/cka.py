@@ -18,8 +18,8 @@ import numpy as np
 
 from ._base import Measure, MeasureInputError, real, register_measure
 from ._linalg import centred, gram_stack_inner, sq_distances, upper_blocks
+from ._presets import REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
-_ROT = ("orthogonal", "isotropic_scale", "translation", "permutation")
 GRAM_PENALTY = 8.0
 
 
@@ -50,35 +50,30 @@ def _cka_from_hsic(hab: np.ndarray | float, haa: np.ndarray | float, hbb: np.nda
     return hab / np.sqrt(haa * hbb)
 
 
+_LINEAR = dict(
+    invariances=ROTATION_INVARIANT,
+    params={},
+    cost="O(N Da Db) per pair (D <= N), O(N^2 D) per model + O(N^2) per pair (Gram form)",
+    **REPRESENTATIONAL,
+    **SIMILARITY,
+)
+
+
 @register_measure(
     "linear_cka",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=True,
-    symmetric=True,
-    self_value=1.0,
     range=(0.0, 1.0),
-    invariances=_ROT,
-    params={},
     reference="Kornblith et al. 2019, Similarity of Neural Network Representations Revisited (ICML)",
     formula="||Xc^T Yc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)  (biased HSIC, linear kernel)",
-    cost="O(N Da Db) per pair (D <= N), O(N^2 D) per model + O(N^2) per pair (Gram form)",
     variant="biased",
+    **_LINEAR,
 )
 @register_measure(
     "linear_cka_debiased",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=True,
-    symmetric=True,
-    self_value=1.0,
     range=(-1.0, 1.0),
-    invariances=_ROT,
-    params={},
     reference="Song et al. 2012 (unbiased HSIC, JMLR); Nguyen et al. 2021 (ICLR); SPEC 3.1a",
     formula="<U(XX^T), U(YY^T)> / sqrt(<U(XX^T),U(XX^T)> <U(YY^T),U(YY^T)>), U = U-centring (unbiased HSIC)",
-    cost="O(N Da Db) per pair (D <= N), O(N^2 D) per model + O(N^2) per pair (Gram form)",
     variant="debiased",
+    **_LINEAR,
 )
 class LinearCKA(Measure):
     """Linear CKA with biased (`linear_cka`) or unbiased (`linear_cka_debiased`) HSIC.
@@ -165,17 +160,14 @@ class LinearCKA(Measure):
 
 @register_measure(
     "rbf_cka",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=True,
-    symmetric=True,
-    self_value=1.0,
     range=(0.0, 1.0),
-    invariances=_ROT,
+    invariances=ROTATION_INVARIANT,
     params={"sigma": real(1.0, lo=0.0, lo_open=True)},
     reference="Kornblith et al. 2019 (ICML), RBF kernel with bandwidth relative to the median distance",
     formula="biased-HSIC CKA of K_ij = exp(-||x_i-x_j||^2 / (2 (sigma * median_dist)^2))",
     cost="O(N^2 D) per model, O(N^2) per pair; state is the N x N centred Gram",
+    **REPRESENTATIONAL,
+    **SIMILARITY,
 )
 class RbfCKA(Measure):
     """CKA with Gaussian kernels; bandwidth = sigma x median off-diagonal Euclidean distance."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._base import Measure, MeasureInputError, real, register_measure
+from ._presets import DISTANCE, ON_PROBS, SIMILARITY
 
 LN2 = float(np.log(2.0))
 # States hold p + TINY / 2: equal to p for every p > 1e-284 (float64 rounding), and it keeps every
@@ -39,10 +40,7 @@ def _sum_xlogx(x: np.ndarray, buf: np.ndarray) -> float:
 
 
 _JS = dict(
-    kind="functional",
-    input="probs",
-    symmetric=True,
-    invariances=("class_relabel",),
+    **ON_PROBS,
     params={},
     reference="Lin 1991, Divergence measures based on the Shannon entropy (IEEE TIT); SPEC 3.3",
     cost="O(N C) logs per pair (the mixture); per-model entropies once",
@@ -51,20 +49,18 @@ _JS = dict(
 
 @register_measure(
     "jsd",
-    higher_is_more_similar=False,
-    self_value=0.0,
     range=(0.0, LN2),
     formula="mean_i JS(p_i, q_i), natural log (= scipy jensenshannon(p, q)**2)",
     variant="jsd",
+    **DISTANCE,
     **_JS,
 )
 @register_measure(
     "jsd_sim",
-    higher_is_more_similar=True,
-    self_value=1.0,
     range=(0.0, 1.0),
     formula="(ln 2 - JSD) / ln 2",
     variant="jsd_sim",
+    **SIMILARITY,
     **_JS,
 )
 class JensenShannon(Measure):
@@ -120,17 +116,13 @@ class JensenShannon(Measure):
 
 @register_measure(
     "surrogate_churn",
-    kind="functional",
-    input="probs",
-    higher_is_more_similar=False,
-    symmetric=True,
-    self_value=0.0,
     range=(0.0, float("inf")),
-    invariances=("class_relabel",),
     params={"alpha": real(1.0, lo=0.0, lo_open=True)},
     reference="Bhojanapalli et al. 2021, On the reproducibility and stability of deep learning (Milani Fard et al. 2016); SPEC 3.3",
     formula="(1/(2N)) sum_i || (p_i/max p_i)^alpha - (q_i/max q_i)^alpha ||_1   (<= (C-1)/2)",
     cost="O(N C) per model and per pair",
+    **ON_PROBS,
+    **DISTANCE,
 )
 class SurrogateChurn(Measure):
     """Surrogate churn (SPEC 3.3); lower = more similar, at most (C - 1) / 2."""

@@ -23,23 +23,21 @@ import numpy as np
 
 from ._base import Measure, real, register_measure
 from ._linalg import centred
+from ._presets import DISTANCE, REPRESENTATIONAL
 
 RANK_TOL = 1e-10
 
 
 @register_measure(
     "gulp",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=False,
-    symmetric=True,
-    self_value=0.0,
     range=(0.0, float("inf")),
     invariances=("orthogonal", "isotropic_scale", "translation", "permutation", "invertible_linear"),
     params={"lam": real(0.0, lo=0.0)},
     reference="Boix-Adsera et al. 2022, GULP (NeurIPS); SPEC 3.2",
     formula="||P_X - P_Y||_F^2, P = X (X^T X/N + lam I)^-1 X^T / N after centring, ||X||_F^2 = N",
     cost="O(N D min(N,D)) per model, O(N ra rb) per pair",
+    **REPRESENTATIONAL,
+    **DISTANCE,
 )
 class Gulp(Measure):
     """GULP distance (squared form, as the paper's code); lam is the ridge parameter lambda.

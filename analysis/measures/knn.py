@@ -20,6 +20,7 @@ import numpy as np
 
 from ._base import Measure, MeasureInputError, Param, choice, positive_int, register_measure
 from ._linalg import CHUNK_BYTES, centred, row_normalised
+from ._presets import REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
 
 def knn_indices(X: np.ndarray, *, k: int, metric: str, center: bool, name: str = "knn") -> np.ndarray:
@@ -96,13 +97,10 @@ def neighbour_overlap(A: np.ndarray, B: np.ndarray, *, ranks: bool) -> tuple[np.
 
 
 _COMMON = dict(
-    kind="representational",
-    input="features",
-    higher_is_more_similar=True,
-    symmetric=True,
-    self_value=1.0,
     range=(0.0, 1.0),
-    invariances=("orthogonal", "isotropic_scale", "translation", "permutation"),
+    invariances=ROTATION_INVARIANT,
+    **REPRESENTATIONAL,
+    **SIMILARITY,
     cost="O(N^2 D + N^2) per model (chunked, O(chunk x N) memory), O(N k log k) per pair",
 )
 

@@ -18,13 +18,10 @@ import numpy as np
 
 from ._base import Measure, register_measure
 from ._linalg import centred, thin, upper_blocks
+from ._presets import DISTANCE, REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
-_ROT = ("orthogonal", "isotropic_scale", "translation", "permutation")
 _COMMON = dict(
-    kind="representational",
-    input="features",
-    symmetric=True,
-    invariances=_ROT,
+    invariances=ROTATION_INVARIANT,
     params={},
     reference="Ding et al. 2021 (NeurIPS); Williams et al. 2021 (NeurIPS); SPEC 3.1b",
     cost="O(N Da Db + min(Da,Db)^2 max(Da,Db)) per pair; D > N uses the N x N form",
@@ -33,20 +30,20 @@ _COMMON = dict(
 
 @register_measure(
     "procrustes_sim",
-    higher_is_more_similar=True,
-    self_value=1.0,
     range=(0.0, 1.0),
     formula="||X^T Y||_* with X, Y centred and ||X||_F = ||Y||_F = 1  (= 1 - d_Procrustes/2)",
     variant="sim",
+    **REPRESENTATIONAL,
+    **SIMILARITY,
     **_COMMON,
 )
 @register_measure(
     "procrustes_angular",
-    higher_is_more_similar=False,
-    self_value=0.0,
     range=(0.0, float(np.pi / 2)),
     formula="arccos(||X^T Y||_*) (angular Procrustes distance, radians)",
     variant="angular",
+    **REPRESENTATIONAL,
+    **DISTANCE,
     **_COMMON,
 )
 class Procrustes(Measure):

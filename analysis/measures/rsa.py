@@ -21,8 +21,7 @@ from scipy.stats import rankdata
 
 from ._base import Measure, choice, register_measure
 from ._linalg import GRAM_STACK_BYTES, centred, row_normalised, sq_distances, thin
-
-_ROT = ("orthogonal", "isotropic_scale", "translation", "permutation")
+from ._presets import REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
 
 def rdm_upper(X: np.ndarray, metric: str) -> np.ndarray:
@@ -49,13 +48,8 @@ def rdm_upper(X: np.ndarray, metric: str) -> np.ndarray:
 
 @register_measure(
     "rsa",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=True,
-    symmetric=True,
-    self_value=1.0,
     range=(-1.0, 1.0),
-    invariances=_ROT,
+    invariances=ROTATION_INVARIANT,
     params={
         "rdm": choice("euclidean", "euclidean", "sqeuclidean", "cosine", "correlation"),
         "corr": choice("spearman", "spearman", "pearson"),
@@ -63,6 +57,8 @@ def rdm_upper(X: np.ndarray, metric: str) -> np.ndarray:
     reference="Kriegeskorte et al. 2008, Representational similarity analysis (Front. Syst. Neurosci.)",
     formula="corr(upper(RDM_X), upper(RDM_Y)); corr = Spearman (default) or Pearson",
     cost="O(N^2 D + N^2 log N) per model, O(N^2) per pair, O(N^2) memory per model",
+    **REPRESENTATIONAL,
+    **SIMILARITY,
 )
 class RSA(Measure):
     """RDM correlation; invariances listed hold for the default Euclidean RDM."""
@@ -89,17 +85,14 @@ class RSA(Measure):
 
 @register_measure(
     "second_order_cosine",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=True,
-    symmetric=True,
-    self_value=1.0,
     range=(-1.0, 1.0),
-    invariances=_ROT,
+    invariances=ROTATION_INVARIANT,
     params={},
     reference="Hamilton et al. 2016 (EMNLP); SPEC 3.2",
     formula="mean_i cos(S_X[i], S_Y[i]), S = cosine-similarity matrix of centred rows, diagonal 0",
     cost="O(N Da Db) per pair, O(N D^2) per model; no N x N matrix",
+    **REPRESENTATIONAL,
+    **SIMILARITY,
 )
 class SecondOrderCosine(Measure):
     """Second-order cosine similarity; rows whose similarity profile is all zero contribute 0."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from ._base import Measure, MeasureInputError, Param, positive_int, register_measure
 from ._linalg import centred, sq_distances
+from ._presets import DISTANCE, REPRESENTATIONAL, ROTATION_INVARIANT
 
 
 def subsample_indices(n: int, *, n_subsamples: int, subsample_size: int, seed: int) -> np.ndarray:
@@ -58,13 +59,8 @@ def cross_barcode_length(r_a: np.ndarray, r_b: np.ndarray) -> float:
 
 @register_measure(
     "rtd",
-    kind="representational",
-    input="features",
-    higher_is_more_similar=False,
-    symmetric=True,
-    self_value=0.0,
     range=(0.0, float("inf")),
-    invariances=("orthogonal", "isotropic_scale", "translation", "permutation"),
+    invariances=ROTATION_INVARIANT,
     params={
         "n_subsamples": positive_int(3),
         "subsample_size": positive_int(200),
@@ -73,6 +69,8 @@ def cross_barcode_length(r_a: np.ndarray, r_b: np.ndarray) -> float:
     reference="Barannikov et al. 2022, Representation Topology Divergence (ICML); SPEC 3.1d",
     formula="mean over subsamples of (H1 length of R-Cross-Barcode(A,B) + of (B,A)) / 2",
     cost="O(T s^2 D) per model; per pair 2T persistent-homology runs on 2s vertices (T subsamples of s)",
+    **REPRESENTATIONAL,
+    **DISTANCE,
 )
 class RTD(Measure):
     """Symmetrised, seeded-subsample RTD; lower = more similar, 0 for identical inputs."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._base import Measure, register_measure
 from ._linalg import row_normalised
+from ._presets import DISTANCE, REPRESENTATIONAL
 
 
 def magnitude(X: np.ndarray) -> float:
@@ -37,11 +38,8 @@ def concentricity(X: np.ndarray) -> float:
 
 
 _COMMON = dict(
-    kind="representational",
-    input="features",
-    higher_is_more_similar=False,
-    symmetric=True,
-    self_value=0.0,
+    **REPRESENTATIONAL,
+    **DISTANCE,
     params={},
     reference="Wang et al. 2020; Klabunde et al. 2023 (ReSi); SPEC 3.2",
     cost="O(N D) per model, O(1) per pair",

@@ -1,10 +1,12 @@
-"""Per-model artifacts on fixed, hashed input sets, computed once and cached on disk.
+"""Feature extraction and its cache: per-model artifacts on fixed, hashed input sets, each
+computed once.
 
 For every model and every input array it must see (the input sets of ``analysis.inputs``:
 ``clean``, ``adv``, ``adv_shared``, ``inverted``, ...), one forward pass gives the penultimate
 features (``model.features``, float32), logits, predictions and probabilities. ``extract_all``
 builds each input array once, then runs one job per model that loads the model once and
-forwards every array it meets; both run as Ray tasks or serially.
+forwards every array it meets; both run as Ray tasks or serially. It returns the ``Block``s the
+pair engine plans over.
 
 The arrays are cached as ``.npz`` (never pickle) under ``reports/<sweep>/cache/``: the inputs of
 generated sets at ``inputs/<hash16>.npz`` and the artifacts at
@@ -17,56 +19,24 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analysis.inputs import (
-    INPUT_SETS,
-    CleanInputs,
-    EvalSet,
-    InputSet,
-    OwnAdversarialInputs,
-    SharedAdversarialInputs,
-    TrainSplitInputs,
-    array_hash,
-    check_data_hash,
-    load_eval_set,
-    load_eval_sets,
-    make_input_set,
-    register_input_set,
-)
-from analysis.models import ModelRef, load_model
+from analysis.inputs.base import EvalSet, InputSet, array_hash
+from analysis.inputs.discovery import ModelRef, load_model
+from analysis.inputs.eval_set import check_data_hash
 from trainables.errors import DataError
 
-__all__ = [
-    "LAYER",
-    "Block",
-    "forward_artifacts",
-    "ArtifactCache",
-    "extract_all",
-    # input sets, re-exported from analysis.inputs
-    "EvalSet",
-    "InputSet",
-    "CleanInputs",
-    "OwnAdversarialInputs",
-    "SharedAdversarialInputs",
-    "TrainSplitInputs",
-    "INPUT_SETS",
-    "register_input_set",
-    "make_input_set",
-    "load_eval_set",
-    "load_eval_sets",
-    "check_data_hash",
-    "array_hash",
-]
+__all__ = ["LAYER", "Block", "forward_artifacts", "ArtifactCache", "extract_all"]
 
 log = logging.getLogger(__name__)
 
 LAYER = "penultimate"  # model.features: the pooled penultimate representation
-ARTIFACT_KEYS = ("features", "logits", "preds", "probs", "labels")
+
+Progress = Callable[[str, int, int], None]
 
 
 def forward_artifacts(model, X: np.ndarray, y: np.ndarray, *, batch_size: int = 512,
@@ -82,7 +52,7 @@ def forward_artifacts(model, X: np.ndarray, y: np.ndarray, *, batch_size: int = 
         ``features`` float32 (N, D), ``logits`` float32 (N, C), ``preds`` int64 (N,),
         ``probs`` float32 (N, C), ``labels`` int64 (N,).
     """
-    import torch
+    import torch  # torch only when a model runs: `python -m analysis report` imports this module
 
     model.eval().to(device)
     feats, logits = [], []
@@ -142,8 +112,8 @@ class Block:
         inputs_key: hash of the inputs (the result table's ``inputs_hash``).
         rows, cols: run ids; a shared set has rows == cols == all models of the dataset, a
             per-model set one block per row model with cols = all models.
-        artifacts: run id -> cached ``.npz`` of that model's artifacts on these inputs.
         shared: True for shared input sets (symmetric measures then need each pair once).
+        artifacts: run id -> cached ``.npz`` of that model's artifacts on these inputs.
     """
 
     input_set: str
@@ -151,12 +121,23 @@ class Block:
     inputs_key: str
     rows: tuple[str, ...]
     cols: tuple[str, ...]
-    artifacts: Mapping[str, Path]
     shared: bool
+    artifacts: Mapping[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One input array to have: an input set on a dataset's models, made from ``source``."""
+
+    iset: InputSet
+    dataset: str
+    source: ModelRef | None
+    key: str
+    group: tuple[ModelRef, ...]
 
 
 def _remote(fn, *, num_gpus: float):
-    import ray
+    import ray  # Ray only on the use_ray path
 
     gpus = num_gpus if ray.cluster_resources().get("GPU", 0) >= num_gpus > 0 else 0
     return ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(fn)
@@ -168,16 +149,16 @@ def _build_task(iset: InputSet, base: EvalSet, source: ModelRef | None, tracking
 
 def _forward_task(ref: ModelRef, keys: list[str], tracking_uri, *arrays: np.ndarray):
     """Load one model once and run it on every input array it needs (``arrays`` = X0, y0, ...)."""
-    import torch
+    from trainables.device import pick_device  # torch: see forward_artifacts
 
     model, _ = load_model(ref, tracking_uri=tracking_uri)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device())
     return {k: forward_artifacts(model, arrays[2 * i], arrays[2 * i + 1], device=device)
             for i, k in enumerate(keys)}
 
 
 def _run_jobs(jobs: list[tuple[str, Callable, tuple, float]], *, use_ray: bool,
-              progress: Callable[[str, int, int], None] | None, what: str,
+              progress: Progress | None, what: str,
               on_result: Callable[[str, Any], None] | None = None):
     """Run ``(name, fn, args, num_gpus)`` jobs; returns name -> result or the exception raised.
 
@@ -203,7 +184,7 @@ def _run_jobs(jobs: list[tuple[str, Callable, tuple, float]], *, use_ray: bool,
                 result = exc
             finish(name, result)
         return out
-    import ray
+    import ray  # Ray only on the use_ray path
 
     pending = {_remote(fn, num_gpus=g).remote(*args): name for name, fn, args, g in jobs}
     while pending:
@@ -220,8 +201,7 @@ def _run_jobs(jobs: list[tuple[str, Callable, tuple, float]], *, use_ray: bool,
 def extract_all(models: Sequence[ModelRef], input_sets: Sequence[InputSet], *,
                 bases: Mapping[str, EvalSet], cache: ArtifactCache,
                 tracking_uri: str | None = None, use_ray: bool = False,
-                progress: Callable[[str, int, int], None] | None = None,
-                ) -> tuple[list[Block], dict[str, str]]:
+                progress: Progress | None = None) -> tuple[list[Block], dict[str, str]]:
     """Build every input array and every model's artifacts on it, each once (cache-aware).
 
     Args:
@@ -237,6 +217,21 @@ def extract_all(models: Sequence[ModelRef], input_sets: Sequence[InputSet], *,
         run id (or ``<set>:<run id>`` for one row) -> error message for what failed.
     """
     failures: dict[str, str] = {}
+    usable = _usable(models, bases, failures)
+    plan = [_Planned(iset, dataset, source, iset.key(bases[dataset], source), group)
+            for iset in input_sets
+            for dataset, group in _by_dataset(usable)
+            for source in iset.source_for(list(group))]
+    inputs = _build_inputs(plan, bases, cache, failures, tracking_uri=tracking_uri,
+                           use_ray=use_ray, progress=progress)
+    _extract_artifacts(plan, inputs, usable, cache, failures, tracking_uri=tracking_uri,
+                       use_ray=use_ray, progress=progress)
+    return _blocks(plan, inputs, cache, failures), failures
+
+
+def _usable(models: Sequence[ModelRef], bases: Mapping[str, EvalSet],
+            failures: dict[str, str]) -> list[ModelRef]:
+    """The models evaluated on their dataset's eval set; the others go to ``failures``."""
     usable: list[ModelRef] = []
     for m in models:
         if m.dataset not in bases:
@@ -247,66 +242,75 @@ def extract_all(models: Sequence[ModelRef], input_sets: Sequence[InputSet], *,
         except DataError as exc:
             failures[m.run_id] = str(exc)
             log.warning("%s", exc)
-    # 1. inputs: one array per (set, dataset, source)
-    plan = []  # (iset, dataset, source, key)
-    jobs = []
-    for iset in input_sets:
-        for dataset in sorted({m.dataset for m in usable}):
-            group = [m for m in usable if m.dataset == dataset]
-            for source in iset.source_for(group):
-                key = iset.key(bases[dataset], source)
-                plan.append((iset, dataset, source, key, group))
-                path = cache.inputs_path(key)
-                if iset.name != "clean" and not path.exists():
-                    g = source.num_gpus if source else 0.0
-                    jobs.append((key, _build_task, (iset, bases[dataset], source, tracking_uri), g))
-    made_by = {key: (iset, dataset, source) for iset, dataset, source, key, _ in plan}
+    return usable
+
+
+def _by_dataset(models: Sequence[ModelRef]) -> list[tuple[str, tuple[ModelRef, ...]]]:
+    datasets = sorted({m.dataset for m in models})
+    return [(d, tuple(m for m in models if m.dataset == d)) for d in datasets]
+
+
+def _build_inputs(plan: list[_Planned], bases: Mapping[str, EvalSet], cache: ArtifactCache,
+                  failures: dict[str, str], *, tracking_uri: str | None, use_ray: bool,
+                  progress: Progress | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Step 1: one array per (set, dataset, source), built unless cached; key -> (X, y)."""
+    jobs = [(p.key, _build_task, (p.iset, bases[p.dataset], p.source, tracking_uri),
+             p.source.num_gpus if p.source else 0.0)
+            for p in plan if p.iset.name != "clean" and not cache.inputs_path(p.key).exists()]
+    made_by = {p.key: p for p in plan}
 
     def save_inputs(key: str, res: Any) -> None:
         if isinstance(res, Exception):
             return
-        iset, dataset, source = made_by[key]
+        p = made_by[key]
         X, y = res
         cache.save(cache.inputs_path(key), {"X": X, "y": y, "info": np.array(json.dumps(
-            {"set": iset.name, "params": iset.params(), "dataset": dataset,
-             "source": source.run_id if source else None, "content_hash": array_hash(X, y)}))})
+            {"set": p.iset.name, "params": p.iset.params(), "dataset": p.dataset,
+             "source": p.source.run_id if p.source else None, "content_hash": array_hash(X, y)}))})
 
     built = _run_jobs(list({j[0]: j for j in jobs}.values()), use_ray=use_ray, progress=progress,
                       what="inputs", on_result=save_inputs)
     inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for iset, dataset, source, key, _ in plan:
-        if iset.name == "clean":
-            inputs[key] = (bases[dataset].X, bases[dataset].y)
+    for p in plan:
+        if p.iset.name == "clean":
+            inputs[p.key] = (bases[p.dataset].X, bases[p.dataset].y)
             continue
-        res = built.get(key)
+        res = built.get(p.key)
         if isinstance(res, Exception):
-            who = source.label if source else dataset
-            failures[f"{iset.name}:{source.run_id if source else dataset}"] = (
-                f"building {iset.name} inputs for {who} failed: {type(res).__name__}: {res}")
+            who = p.source.label if p.source else p.dataset
+            failures[f"{p.iset.name}:{p.source.run_id if p.source else p.dataset}"] = (
+                f"building {p.iset.name} inputs for {who} failed: {type(res).__name__}: {res}")
             continue
-        z = cache.load(cache.inputs_path(key))
-        inputs[key] = (z["X"], z["y"])
-    # 2. artifacts: per model, every input array it meets, one job loading the model once
+        z = cache.load(cache.inputs_path(p.key))
+        inputs[p.key] = (z["X"], z["y"])
+    return inputs
+
+
+def _extract_artifacts(plan: list[_Planned], inputs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                       usable: Sequence[ModelRef], cache: ArtifactCache,
+                       failures: dict[str, str], *, tracking_uri: str | None, use_ray: bool,
+                       progress: Progress | None) -> None:
+    """Step 2: per model, every input array it meets, in one job that loads the model once."""
     need: dict[str, list[str]] = {}
-    for iset, dataset, source, key, group in plan:
-        if key in inputs:
-            for m in group:
-                if not cache.artifact_path(m.run_id, key).exists():
-                    need.setdefault(m.run_id, []).append(key)
+    for p in plan:
+        if p.key in inputs:
+            for m in p.group:
+                if not cache.artifact_path(m.run_id, p.key).exists():
+                    need.setdefault(m.run_id, []).append(p.key)
     by_id = {m.run_id: m for m in usable}
     if use_ray and need:
-        import ray
+        import ray  # Ray only on the use_ray path
 
         refs = {k: (ray.put(inputs[k][0]), ray.put(inputs[k][1]))
                 for k in {k for ks in need.values() for k in ks}}
     else:
         refs = inputs
-    fjobs = []
+    jobs = []
     for run_id, keys in need.items():
         keys = list(dict.fromkeys(keys))
         arrays = [a for k in keys for a in refs[k]]
-        fjobs.append((run_id, _forward_task, (by_id[run_id], keys, tracking_uri, *arrays),
-                      by_id[run_id].num_gpus))
+        jobs.append((run_id, _forward_task, (by_id[run_id], keys, tracking_uri, *arrays),
+                     by_id[run_id].num_gpus))
 
     def save_artifacts(run_id: str, res: Any) -> None:
         if isinstance(res, Exception):
@@ -316,15 +320,18 @@ def extract_all(models: Sequence[ModelRef], input_sets: Sequence[InputSet], *,
         for key, arrays in res.items():
             cache.save(cache.artifact_path(run_id, key), arrays)
 
-    _run_jobs(fjobs, use_ray=use_ray, progress=progress, what="features",
-              on_result=save_artifacts)
-    # 3. blocks over the models whose artifacts exist
+    _run_jobs(jobs, use_ray=use_ray, progress=progress, what="features", on_result=save_artifacts)
+
+
+def _blocks(plan: list[_Planned], inputs: Mapping[str, Any], cache: ArtifactCache,
+            failures: Mapping[str, str]) -> list[Block]:
+    """Step 3: the comparison blocks over the models whose artifacts exist."""
     blocks = []
-    for iset, dataset, source, key, group in plan:
-        if key not in inputs or (source is not None and source.run_id in failures):
+    for p in plan:
+        if p.key not in inputs or (p.source is not None and p.source.run_id in failures):
             continue
-        ok = tuple(m.run_id for m in group if m.run_id not in failures)
-        rows = ok if source is None or not iset.per_model else (source.run_id,)
-        blocks.append(Block(iset.name, dataset, key, rows, ok,
-                            {r: cache.artifact_path(r, key) for r in ok}, not iset.per_model))
-    return blocks, failures
+        ok = tuple(m.run_id for m in p.group if m.run_id not in failures)
+        rows = ok if p.source is None or not p.iset.per_model else (p.source.run_id,)
+        blocks.append(Block(p.iset.name, p.dataset, p.key, rows, ok, shared=not p.iset.per_model,
+                            artifacts={r: cache.artifact_path(r, p.key) for r in ok}))
+    return blocks

@@ -1,4 +1,5 @@
-"""The sweep's trained models as records, discovered from MLflow by the sweep tag (STYLE rule 14).
+"""Model discovery: the sweep's trained models as records, found in MLflow by the sweep tag
+(STYLE rule 14), and loading one model's checkpoint.
 
 A sweep is an MLflow experiment named after it. Its trial runs carry the tags
 ``unisweep.sweep=<sweep>`` and ``unisweep.role=trial`` plus the grid coordinates; the final
@@ -12,9 +13,11 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from trainables import tracking as tr
 from trainables.errors import CheckpointError, UserError
@@ -27,6 +30,7 @@ __all__ = [
     "load_model",
     "download_checkpoint",
     "models_frame",
+    "quiet_downloads",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,8 @@ class ModelRef:
 
     Attributes:
         run_id: MLflow run id of the trial (the model's stable identifier in every table).
-        label: short human label, ``<arch>-e<eps>-s<seed>`` (unique within a sweep).
+        label: short human label, ``<arch>[-w<width>]-e<eps>-s<seed>`` (``arch_label`` plus the
+            grid cell; unique within a sweep).
         arch: key in ``trainables.models.MODELS``.
         width: width multiplier the model was built with.
         dataset: dataset name (``digits``, ``cifar10``, ...).
@@ -78,10 +83,6 @@ class ModelRef:
     num_gpus: float = 0.0
     params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def is_robust(self) -> bool:
-        return self.eps > 0
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ def _metric(metrics: dict[str, float], *names: str) -> float | None:
     return None
 
 
-def _label(arch: str, eps: float, seed: int) -> str:
-    return f"{arch}-e{eps:g}-s{seed}"
+def _label(arch: str, width: float, eps: float, seed: int) -> str:
+    return f"{tr.arch_label(arch, width)}-e{eps:g}-s{seed}"
 
 
 # load_dataset option -> TrainConfig field (logged as a run param and in meta.json's config)
@@ -157,16 +158,17 @@ def _data_options(params: dict[str, str], meta: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _quiet_downloads() -> None:
-    # MLflow draws a progress bar per download; in a Ray worker each becomes driver log spam.
+def quiet_downloads() -> None:
+    """No MLflow progress bar per download: in a Ray worker each becomes driver log spam, and
+    in the pipeline they would drown its own progress lines."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _read_meta(run_id: str, tracking_uri: str | None) -> dict[str, Any]:
     """Download only ``checkpoint/meta.json`` of a run (small) and parse it."""
-    import mlflow
+    import mlflow  # mlflow (heavy) only when a store is read: importing this module stays light
 
-    _quiet_downloads()
+    quiet_downloads()
 
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
@@ -184,7 +186,7 @@ def _read_meta(run_id: str, tracking_uri: str | None) -> dict[str, Any]:
 
 
 def _known_sweeps(client) -> list[str]:
-    from mlflow.entities import ViewType
+    from mlflow.entities import ViewType  # mlflow only when a store is read (see _read_meta)
 
     names = []
     for exp in tr.with_retries(client.search_experiments, view_type=ViewType.ACTIVE_ONLY):
@@ -203,7 +205,7 @@ def discover_models(sweep: str, *, tracking_uri: str | None = None) -> Discovery
 
     Args:
         sweep: sweep name (= MLflow experiment name).
-        tracking_uri: MLflow tracking URI; None uses MLflow's current default.
+        tracking_uri: MLflow tracking URI; None: ``trainables.tracking.resolve_tracking_uri``.
 
     Returns:
         A ``Discovery`` whose models are sorted by (dataset, eps, arch, seed) and whose skipped
@@ -213,9 +215,7 @@ def discover_models(sweep: str, *, tracking_uri: str | None = None) -> Discovery
     Raises:
         UserError: the sweep does not exist (the message lists the sweeps that do).
     """
-    import mlflow
-
-    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    tracking_uri = tr.resolve_tracking_uri(tracking_uri)
     client = tr.make_client(tracking_uri)
     exp = tr.with_retries(client.get_experiment_by_name, sweep)
     if exp is None:
@@ -249,9 +249,8 @@ def discover_models(sweep: str, *, tracking_uri: str | None = None) -> Discovery
 
 
 def _dedupe_labels(models: list[ModelRef]) -> list[ModelRef]:
-    """Make labels unique (two widths of one arch would otherwise share a label)."""
-    from dataclasses import replace
-
+    """Make labels unique (two trials of one grid cell, e.g. other hyperparameters, would
+    otherwise share a label)."""
     seen: dict[str, int] = {}
     out = []
     for m in models:
@@ -266,7 +265,7 @@ def _to_ref(client, run, tracking_uri: str | None) -> ModelRef | SkippedRun:
     arch = tags.get(tr.TAG_ARCH, "?")
     eps = _tag_float(tags, tr.TAG_EPS, 0.0) or 0.0
     seed = int(_tag_float(tags, tr.TAG_SEED, 0) or 0)
-    label = _label(arch, eps, seed)
+    label = _label(arch, _tag_float(tags, tr.TAG_WIDTH, 1.0) or 1.0, eps, seed)
     status = run.info.status
     if status != "FINISHED":
         why = {"FAILED": "trial failed", "RUNNING": "trial still running",
@@ -307,9 +306,9 @@ def _to_ref(client, run, tracking_uri: str | None) -> ModelRef | SkippedRun:
 
 def download_checkpoint(ref: ModelRef, dst: str | Path, *, tracking_uri: str | None = None) -> Path:
     """Download the run's ``checkpoint/`` artifact directory into ``dst``; returns its path."""
-    import mlflow
+    import mlflow  # mlflow only when a store is read (see _read_meta)
 
-    _quiet_downloads()
+    quiet_downloads()
     try:
         local = mlflow.artifacts.download_artifacts(
             run_id=ref.run_id, artifact_path=CHECKPOINT_PATH, dst_path=str(dst),
@@ -332,7 +331,7 @@ def load_model(ref: ModelRef, *, tracking_uri: str | None = None):
         CheckpointError: the checkpoint is missing, truncated or corrupt; the message names the
             model and the file.
     """
-    from trainables.checkpoints import load_checkpoint
+    from trainables.checkpoints import load_checkpoint  # torch: only when a model is loaded
 
     with tempfile.TemporaryDirectory(prefix="unisweep-ckpt-") as tmp:
         directory = download_checkpoint(ref, tmp, tracking_uri=tracking_uri)
@@ -346,8 +345,6 @@ def load_model(ref: ModelRef, *, tracking_uri: str | None = None):
 
 def models_frame(models: list[ModelRef] | tuple[ModelRef, ...]):
     """The models as a DataFrame (one row per model; ``params`` dropped), for tables/reports."""
-    import pandas as pd
-
     rows = []
     for m in models:
         row = asdict(m)

@@ -27,9 +27,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from analysis.measures import MeasureInputError, fort_bounds
 from trainables.errors import ConfigError, DataError
 
-__all__ = ["ProbeConfig", "ProbeResult", "train_probe", "agreement_matrix", "run_probes"]
+__all__ = ["ProbeConfig", "ProbeResult", "train_probe", "agreement_matrix", "fort_agreement",
+           "run_probes"]
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +159,11 @@ def agreement_matrix(preds_a: np.ndarray, preds_b: np.ndarray) -> np.ndarray:
     return (preds_a[:, None, :] == preds_b[None, :, :]).mean(axis=-1)
 
 
-def _fort_agreement(acc_a: float, acc_b: float, num_classes: int) -> tuple[float, float]:
+def fort_agreement(acc_a: float, acc_b: float, num_classes: int) -> tuple[float, float]:
     """(independent-errors agreement, maximum agreement) from two accuracies (Fort et al.).
 
     NaN for both when the bounds are undefined (the better accuracy at or below chance).
     """
-    from analysis.measures import MeasureInputError, fort_bounds
-
     try:
         fb = fort_bounds(acc_a, acc_b, num_classes)
     except MeasureInputError:
@@ -215,6 +215,30 @@ def run_probes(
     y_tr = _as_tensor(train_labels).long()
     y_ev = np.asarray(_as_tensor(eval_labels).cpu().numpy(), dtype=np.int64)
     eval_ids = np.arange(y_ev.size, dtype=np.int64) if eval_ids is None else np.asarray(eval_ids)
+    _check_held_out(y_ev, eval_ids, train_ids)
+    probe_preds: dict[str, np.ndarray] = {}
+    probe_acc: dict[str, np.ndarray] = {}
+    head_acc: dict[str, float] = {}
+    head_preds: dict[str, np.ndarray] = {}
+    for mid in models:
+        probe_preds[mid] = _probe_predictions(mid, train_features[mid], y_tr, eval_features[mid],
+                                              y_ev, num_classes=num_classes, cfg=cfg)
+        probe_acc[mid] = (probe_preds[mid] == y_ev[None, :]).mean(axis=1)
+        if head_logits is not None and mid in head_logits:
+            hp = np.asarray(_as_tensor(head_logits[mid]).argmax(1).cpu().numpy(), dtype=np.int64)
+            head_preds[mid] = hp
+            head_acc[mid] = float((hp == y_ev).mean())
+        else:
+            head_acc[mid] = float("nan")
+        log.info("probes for %s: acc %s (head %.4f)", mid, probe_acc[mid], head_acc[mid])
+    rows = [_pair_row(a, b, probe_preds, probe_acc, head_preds, head_acc, num_classes)
+            for a, b in itertools.combinations(models, 2)]
+    return ProbeResult(eval_ids, probe_preds, probe_acc, head_acc, pd.DataFrame(rows), cfg)
+
+
+def _check_held_out(y_ev: np.ndarray, eval_ids: np.ndarray,
+                    train_ids: np.ndarray | None) -> None:
+    """One eval id per eval label, and no eval id among the training ids."""
     if eval_ids.shape != y_ev.shape:
         raise DataError(f"eval_ids must have shape {y_ev.shape}, got {eval_ids.shape}")
     if train_ids is not None:
@@ -224,57 +248,52 @@ def run_probes(
                 f"probe agreement must use held-out inputs, but {overlap.size} eval ids are also "
                 f"training ids (first: {overlap[:5].tolist()})"
             )
-    probe_preds: dict[str, np.ndarray] = {}
-    probe_acc: dict[str, np.ndarray] = {}
-    head_acc: dict[str, float] = {}
-    head_preds: dict[str, np.ndarray] = {}
-    for mid in models:
-        xtr = _as_tensor(train_features[mid]).float().detach()
-        xev = _as_tensor(eval_features[mid]).float().detach().to(xtr.device)
-        if xtr.shape[0] != y_tr.shape[0] or xev.shape[0] != y_ev.size:
-            raise DataError(
-                f"features of model {mid!r} have {xtr.shape[0]} train / {xev.shape[0]} eval "
-                f"rows, labels have {y_tr.shape[0]} / {y_ev.size}"
-            )
-        if cfg.standardize:
-            mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-8)
-            xtr, xev = (xtr - mu) / sd, (xev - mu) / sd
-        preds = []
-        for p in range(cfg.num_probes):
-            probe = train_probe(xtr, y_tr, num_classes=num_classes, config=cfg, seed=cfg.seed + p)
-            with torch.no_grad():
-                preds.append(probe(xev).argmax(1).cpu().numpy())
-        probe_preds[mid] = np.stack(preds).astype(np.int64)
-        probe_acc[mid] = (probe_preds[mid] == y_ev[None, :]).mean(axis=1)
-        if head_logits is not None and mid in head_logits:
-            hp = np.asarray(_as_tensor(head_logits[mid]).argmax(1).cpu().numpy(), dtype=np.int64)
-            head_preds[mid] = hp
-            head_acc[mid] = float((hp == y_ev).mean())
-        else:
-            head_acc[mid] = float("nan")
-        log.info("probes for %s: acc %s (head %.4f)", mid, probe_acc[mid], head_acc[mid])
-    rows = []
-    for a, b in itertools.combinations(models, 2):
-        agree = agreement_matrix(probe_preds[a], probe_preds[b])  # (P, P), cross-backbone only
-        acc_a, acc_b = float(probe_acc[a].mean()), float(probe_acc[b].mean())
-        lo, hi = _fort_agreement(acc_a, acc_b, num_classes)
-        row = {
-            "model_a": a,
-            "model_b": b,
-            "probe_agreement": float(agree.mean()),
-            "probe_agreement_sd": float(agree.std()),
-            "n_probe_pairs": int(agree.size),
-            "probe_acc_a": acc_a,
-            "probe_acc_b": acc_b,
-            "fort_lower": lo,
-            "fort_upper": hi,
-            "head_agreement": float("nan"),
-            "head_fort_lower": float("nan"),
-            "head_fort_upper": float("nan"),
-        }
-        if a in head_preds and b in head_preds:
-            row["head_agreement"] = float((head_preds[a] == head_preds[b]).mean())
-            hlo, hhi = _fort_agreement(head_acc[a], head_acc[b], num_classes)
-            row["head_fort_lower"], row["head_fort_upper"] = hlo, hhi
-        rows.append(row)
-    return ProbeResult(eval_ids, probe_preds, probe_acc, head_acc, pd.DataFrame(rows), cfg)
+
+
+def _probe_predictions(mid: str, train_x: Array, y_tr: torch.Tensor, eval_x: Array,
+                       y_ev: np.ndarray, *, num_classes: int, cfg: ProbeConfig) -> np.ndarray:
+    """(P, M) int64 held-out predictions of the model's P probes."""
+    xtr = _as_tensor(train_x).float().detach()
+    xev = _as_tensor(eval_x).float().detach().to(xtr.device)
+    if xtr.shape[0] != y_tr.shape[0] or xev.shape[0] != y_ev.size:
+        raise DataError(
+            f"features of model {mid!r} have {xtr.shape[0]} train / {xev.shape[0]} eval "
+            f"rows, labels have {y_tr.shape[0]} / {y_ev.size}"
+        )
+    if cfg.standardize:
+        mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-8)
+        xtr, xev = (xtr - mu) / sd, (xev - mu) / sd
+    preds = []
+    for p in range(cfg.num_probes):
+        probe = train_probe(xtr, y_tr, num_classes=num_classes, config=cfg, seed=cfg.seed + p)
+        with torch.no_grad():
+            preds.append(probe(xev).argmax(1).cpu().numpy())
+    return np.stack(preds).astype(np.int64)
+
+
+def _pair_row(a: str, b: str, probe_preds: Mapping[str, np.ndarray],
+              probe_acc: Mapping[str, np.ndarray], head_preds: Mapping[str, np.ndarray],
+              head_acc: Mapping[str, float], num_classes: int) -> dict[str, object]:
+    """One model pair's row of ``ProbeResult.pairs``."""
+    agree = agreement_matrix(probe_preds[a], probe_preds[b])  # (P, P), cross-backbone only
+    acc_a, acc_b = float(probe_acc[a].mean()), float(probe_acc[b].mean())
+    lo, hi = fort_agreement(acc_a, acc_b, num_classes)
+    row = {
+        "model_a": a,
+        "model_b": b,
+        "probe_agreement": float(agree.mean()),
+        "probe_agreement_sd": float(agree.std()),
+        "n_probe_pairs": int(agree.size),
+        "probe_acc_a": acc_a,
+        "probe_acc_b": acc_b,
+        "fort_lower": lo,
+        "fort_upper": hi,
+        "head_agreement": float("nan"),
+        "head_fort_lower": float("nan"),
+        "head_fort_upper": float("nan"),
+    }
+    if a in head_preds and b in head_preds:
+        row["head_agreement"] = float((head_preds[a] == head_preds[b]).mean())
+        hlo, hhi = fort_agreement(head_acc[a], head_acc[b], num_classes)
+        row["head_fort_lower"], row["head_fort_upper"] = hlo, hhi
+    return row

@@ -20,33 +20,19 @@ Neither ever becomes a silent NaN.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from analysis.engine.spec import MeasureSpec
+from analysis.measures import MEASURES, compare
 from trainables.errors import ConfigError, DataError
 
-__all__ = [
-    "MeasureSpec", "SubgroupResult", "split_agree", "min_samples", "subgroup_similarity",
-    "results_frame",
-]
+__all__ = ["SubgroupResult", "split_agree", "min_samples", "subgroup_similarity", "results_frame"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MeasureSpec:
-    """A registered measure name plus its parameters, e.g. ``MeasureSpec("knn_jaccard", {"k": 10})``."""
-
-    name: str
-    params: Mapping[str, object] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.name}({inner})" if inner else self.name
 
 
 @dataclass(frozen=True)
@@ -109,23 +95,15 @@ def min_samples(spec: MeasureSpec) -> int:
     k + 2 (k neighbours besides the point itself, plus one more so the neighbour sets are not the
     whole subset).
     """
-    declared = 4
-    try:
-        from analysis.measures import MEASURES
-
-        declared = int(getattr(MEASURES.get(spec.name), "min_n", 4))
-    except ImportError:
-        pass
-    k = spec.params.get("k")
+    declared = int(getattr(MEASURES.get(spec.name), "min_n", 4))
+    k = spec.kwargs.get("k")
     if isinstance(k, int | float) and not isinstance(k, bool) and k >= 1:
         return max(4, declared, int(k) + 2)
     return max(4, declared)
 
 
 def _compare(spec: MeasureSpec, a: np.ndarray, b: np.ndarray) -> float:
-    from analysis.measures import compare
-
-    return float(compare(spec.name, a, b, **dict(spec.params)))
+    return float(compare(spec.name, a, b, **spec.kwargs))
 
 
 def _two_sided_p(null: np.ndarray, observed: float) -> float:
@@ -169,7 +147,7 @@ def subgroup_similarity(
     n_ag, n_dis = int(agree_idx.size), int(disagree_idx.size)
     out: list[SubgroupResult] = []
     for i, spec in enumerate(measures):
-        base = dict(measure=spec.name, params=dict(spec.params), n_agree=n_ag, n_disagree=n_dis,
+        base = dict(measure=spec.name, params=spec.kwargs, n_agree=n_ag, n_disagree=n_dis,
                     n_permutations=0)
         need = min_samples(spec)
         if min(n_ag, n_dis) < need:

@@ -13,6 +13,9 @@ similarity matrix uses model i's inverted images).
 Deviations from the paper's code (`casparil/rob-univ`, `univ/image_inversion.py`), on purpose:
 the per-image best loss is returned so convergence can be checked (SPEC §7 item 10), the
 seed/target pairing is seeded and vectorised, and images stay float32 (no uint8 truncation).
+
+``InvertedInputs`` is the ``inverted`` input set. torch is imported inside the functions that run
+the optimiser: the input-set registry imports this module, and `analysis report` needs no torch.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from analysis.inputs import EvalSet, InputSet
+from analysis.inputs.base import EvalSet, InputSet
+from analysis.inputs.discovery import load_model
 from trainables.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "InversionConfig",
@@ -180,6 +187,8 @@ def _invert_batch(
     model: nn.Module, x0: torch.Tensor, targets: torch.Tensor, cfg: InversionConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Optimise one batch; returns (best images, best losses (B,), history (iterations+1,))."""
+    import torch  # see the module docstring
+
     with torch.no_grad():
         target_feats = model.features(targets)
     x = x0.clone()
@@ -232,6 +241,8 @@ def invert(
     Returns:
         The inverted images (on the CPU) with per-image best losses and the loss history.
     """
+    import torch  # see the module docstring
+
     cfg = config or InversionConfig()
     seed_idx = np.asarray(seed_idx, dtype=np.int64)
     target_idx = np.asarray(target_idx, dtype=np.int64)
@@ -276,15 +287,14 @@ def _input_set_hash(images: torch.Tensor, seed_idx: np.ndarray, target_idx: np.n
     return h.hexdigest()
 
 
-def _invert_task(
-    model: nn.Module,
-    images: torch.Tensor,
-    seed_idx: np.ndarray,
-    target_idx: np.ndarray,
-    config: InversionConfig,
-) -> InversionResult:
+def _invert_task(model: nn.Module, images: torch.Tensor, seed_idx: np.ndarray,
+                 target_idx: np.ndarray, config: InversionConfig) -> InversionResult:
     """Ray task body: use the worker's GPU when it has one, else the CPU."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import torch  # see the module docstring
+
+    from trainables.device import pick_device
+
+    device = pick_device()
     model = model.to(device)
     # Arrays from the object store are read-only: copy before handing them to torch.
     x = torch.as_tensor(np.array(images.numpy() if torch.is_tensor(images) else images))
@@ -314,7 +324,7 @@ def invert_on_ray(
     Returns:
         model id -> InversionResult, in the order of ``models``.
     """
-    import ray
+    import ray  # Ray only for this entry point
 
     if not ray.is_initialized():
         raise ConfigError("invert_on_ray needs an initialised Ray (call ray.init first)")
@@ -332,12 +342,12 @@ def invert_on_ray(
 
 
 class InvertedInputs(InputSet):
-    """Per-model input set of ``analysis.extract``: each model's inversions of the eval set.
+    """Per-model input set of ``analysis.inputs.extract``: each model's inversions of the eval set.
 
     Row model i's inputs are model i's inverted images; every model is run on them, so entry
     (i, j) = measure(f_i(inv_i), f_j(inv_i)) as in SPEC §3. The seed/target pairing is drawn
     from the eval labels with ``pairing_seed`` and is shared by all models. The labels returned
-    are the *targets'* labels. Registered in ``analysis.inputs.INPUT_SETS`` as ``inverted``
+    are the *targets'* labels. Registered in ``analysis.inputs.registry.INPUT_SETS`` as ``inverted``
     (``python -m analysis run SWEEP --input-sets clean,inverted``).
     """
 
@@ -372,10 +382,12 @@ class InvertedInputs(InputSet):
         return pair_seeds_and_targets(base.y, seed=self.pairing_seed, num_targets=self.num_targets)
 
     def build(self, base: EvalSet, source, *, tracking_uri: str | None):
-        from analysis.models import load_model
+        import torch  # see the module docstring
+
+        from trainables.device import pick_device
 
         model, _ = load_model(source, tracking_uri=tracking_uri)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device()
         seed_idx, target_idx = self.pairs(base)
         images = torch.from_numpy(np.array(base.X)).to(device)
         res = invert(model.to(device), images, seed_idx=seed_idx, target_idx=target_idx,
