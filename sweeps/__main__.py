@@ -229,8 +229,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _analyse(spec: SweepSpec) -> None:
     """The demo's second half: all-pairs analysis, the HTML report, the reproduction report."""
-    from analysis.pipeline import DEMO_MEASURES, report_dir, run_analysis, run_report
-    from analysis.reproduce import run_reproduction
+    # analysis (numpy, scipy, matplotlib, the measures) loads only when the demo gets this far
+    from analysis.engine import DEMO_MEASURES
+    from analysis.pipeline import report_dir, run_analysis, run_report
+    from analysis.reproduction import run_reproduction
 
     uri = spec.tracking.uri
     echo(f"\n== analysis of {spec.name}: all pairs, measures {', '.join(DEMO_MEASURES)}")

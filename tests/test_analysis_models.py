@@ -26,7 +26,8 @@ def train_tiny(arch: str, eps: float, seed: int, *, eval_size: int | None = EVAL
     """(TrainResult, checkpoint dir) of a 1-epoch digits model; the dir is the caller's to delete."""
     import torch
 
-    from trainables.train import TrainConfig, train_model
+    from trainables.config import TrainConfig
+    from trainables.train import train_model
 
     torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(dict(

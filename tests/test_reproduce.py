@@ -26,7 +26,8 @@ from analysis.reproduction import (
 from analysis.reproduction.stats import boot_draws
 from analysis.reproduction.targets_agreement import target5
 from trainables import tracking as tr
-from trainables.train import TrainConfig, train_model
+from trainables.config import TrainConfig
+from trainables.train import train_model
 
 SWEEP = "repro-small"
 EVAL_SIZE = 300
