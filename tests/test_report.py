@@ -16,7 +16,6 @@ from analysis.pipeline import run_analysis, run_report
 from analysis.report import screenshot
 from analysis.engine import KEY, ResultStore
 from trainables import tracking as tr
-from trainables.errors import UserError
 
 CELLS = [("mlp", 0.0, 0), ("mlp", 0.0, 1), ("mlp", 0.1, 0), ("cnn", 0.1, 0)]
 MEASURES = ["linear_cka", "knn_jaccard:k=5", "agreement", "cohen_kappa"]
