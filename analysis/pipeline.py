@@ -98,15 +98,7 @@ def ensure_ray(actors: int) -> bool:
 
 def _analysis_run(client, sweep: str, experiment_id: str) -> str:
     """The sweep's analysis run (reused across re-runs), child of the sweep's parent run."""
-    runs = tr.search_sweep_runs(client, experiment_id, sweep=sweep, role="analysis")
-    if runs:
-        return runs[-1].info.run_id
-    tags = {tr.TAG_SWEEP: sweep, tr.TAG_ROLE: "analysis"}
-    parent = tr.find_sweep_run(client, experiment_id, sweep)
-    if parent is not None:
-        tags[tr.TAG_PARENT] = parent.info.run_id
-    run = tr.with_retries(client.create_run, experiment_id, tags=tags, run_name=f"{sweep}-analysis")
-    return run.info.run_id
+    return tr.sweep_child_run(client, experiment_id, sweep=sweep, role="analysis")
 
 
 def run_analysis(sweep: str, *, tracking_uri: str | None = None,
@@ -324,4 +316,15 @@ def run_report(sweep: str, *, home: str | os.PathLike | None = None,
             for path in sorted(out_dir.glob("report/*")):
                 tr.with_retries(client.log_artifact, run_id, str(path), "report")
             tr.with_retries(client.set_terminated, run_id, "FINISHED")
+            _note_report(client, exp, sweep, html)
     return html
+
+
+def _note_report(client, exp, sweep: str, html: Path) -> None:
+    """Say in the sweep's description (experiment and parent run) where its report now is."""
+    parent = tr.find_sweep_run(client, exp.experiment_id, sweep)
+    note = (parent.data.tags if parent else exp.tags).get(tr.TAG_NOTE, "")
+    line = (f"{tr.REPORT_MARK} `{html}` (built {time.strftime('%Y-%m-%d %H:%M')}); also the "
+            f"artifact `report/index.html` of the run `{sweep}-analysis`.")
+    tr.set_description(client, exp.experiment_id, parent.info.run_id if parent else None,
+                       tr.with_report_line(note, line))

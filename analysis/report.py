@@ -36,7 +36,7 @@ from analysis.measures import MeasureInputError, fort_bounds  # noqa: E402
 from trainables.errors import UserError  # noqa: E402
 
 __all__ = ["annotate", "summarise", "bootstrap_ci", "fort_reference", "build_report",
-           "screenshot"]
+           "screenshot", "dump_dom"]
 
 log = logging.getLogger(__name__)
 
@@ -324,23 +324,54 @@ def _page(sweep: str, pairs: pd.DataFrame, models: pd.DataFrame, skipped: dict[s
 BROWSERS = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
 
 
+def _browser() -> str:
+    browser = next((b for b in (shutil.which(n) for n in BROWSERS) if b), None)
+    if browser is None:
+        raise UserError(f"no headless Chromium found (looked for {list(BROWSERS)}); install it "
+                        f"with `apt-get install chromium` to check the report in a browser")
+    return browser
+
+
+def _headless(target: str | Path, action: str, *, width: int, height: int,
+              wait_ms: int | None, timeout_s: float) -> subprocess.CompletedProcess:
+    """Run headless Chromium on a file or an ``http(s)://`` URL with one action flag.
+    ``wait_ms`` lets a single-page app (the MLflow UI) fetch and render before the capture."""
+    browser = _browser()
+    url = str(target) if "://" in str(target) else Path(target).resolve().as_uri()
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--window-size={width},{height}", action, url]
+    if wait_ms is not None:
+        cmd.insert(-1, f"--virtual-time-budget={wait_ms}")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
 def screenshot(html_path: str | Path, png_path: str | Path, *, width: int = 1280,
-               height: int = 4000, timeout_s: float = 120.0) -> Path:
-    """Render the report in headless Chromium and save a PNG (the browser check of the report).
+               height: int = 4000, timeout_s: float = 120.0, wait_ms: int | None = None) -> Path:
+    """Render a page (an HTML file, or an ``http(s)://`` URL) in headless Chromium and save a
+    PNG (the browser check of the report and of the MLflow UI).
 
     Raises:
         UserError: no Chromium on this machine (install it with ``apt-get install chromium``),
             or the browser failed (its stderr is quoted).
     """
-    browser = next((b for b in (shutil.which(n) for n in BROWSERS) if b), None)
-    if browser is None:
-        raise UserError(f"no headless Chromium found (looked for {list(BROWSERS)}); install it "
-                        f"with `apt-get install chromium` to check the report in a browser")
     png_path = Path(png_path).resolve()
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           f"--window-size={width},{height}", f"--screenshot={png_path}",
-           Path(html_path).resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    proc = _headless(html_path, f"--screenshot={png_path}", width=width, height=height,
+                     wait_ms=wait_ms, timeout_s=timeout_s)
     if proc.returncode != 0 or not png_path.exists():
-        raise UserError(f"{browser} could not render {html_path}: {proc.stderr.strip()[-500:]}")
+        raise UserError(f"{_browser()} could not render {html_path}: "
+                        f"{proc.stderr.strip()[-500:]}")
     return png_path
+
+
+def dump_dom(target: str | Path, *, width: int = 1280, height: int = 4000,
+             wait_ms: int | None = None, timeout_s: float = 120.0) -> str:
+    """The page's DOM after its scripts ran (``wait_ms`` of virtual time), as HTML text.
+
+    Raises:
+        UserError: no Chromium, or the browser failed.
+    """
+    proc = _headless(target, "--dump-dom", width=width, height=height, wait_ms=wait_ms,
+                     timeout_s=timeout_s)
+    if proc.returncode != 0:
+        raise UserError(f"{_browser()} could not load {target}: {proc.stderr.strip()[-500:]}")
+    return proc.stdout

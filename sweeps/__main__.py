@@ -181,10 +181,25 @@ def _ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", paths.artifact_root.as_uri(), "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    echo(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)")
+    base = f"http://{args.host}:{args.port}"
+    echo(f"MLflow UI on {base} over {uri} (Ctrl-C stops it)")
+    for name, exp_id in _sweep_experiments(uri):
+        echo(f"  sweep {name}, its runs: {tr.runs_page_url(base, exp_id)}")
     # Become the server (exec): stopping this process by its PID stops the UI, no orphans.
     os.execve(sys.executable, cmd, env)
     return 0  # not reached
+
+
+def _sweep_experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, experiment id) of every sweep in the store, oldest first; none if no store."""
+    if not tr.store_exists(uri):
+        return []
+    client = tr.make_client(uri)
+    return [(exp.name, exp.experiment_id)
+            for exp in sorted(tr.with_retries(client.search_experiments),
+                              key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit()
+                              else 0)
+            if tr.find_sweep_run(client, exp.experiment_id, exp.name) is not None]
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -248,8 +263,10 @@ def _analyse(spec: SweepSpec) -> None:
 def _where_to_look(spec: SweepSpec) -> None:
     from sweeps.tuner import experiment_path  # Ray Tune: not at the CLI's start-up
 
+    exp = dict(_sweep_experiments(spec.tracking.uri)).get(spec.name, "?")
     echo(f"\nMLflow store:   {spec.tracking.uri} (experiment {spec.name!r})")
-    echo(f"browse it:      make ui  (or {PROG} ui)  ->  http://127.0.0.1:5000")
+    echo(f"browse it:      make ui  (or {PROG} ui), then open "
+         f"{tr.runs_page_url('http://127.0.0.1:5000', exp)}")
     echo(f"sweep status:   {PROG} status {spec.name}")
     echo(f"Ray Tune state: {experiment_path(spec)}")
 

@@ -31,7 +31,7 @@ from trainables import tracking as tr
 from trainables.errors import ConfigError, UserError
 
 __all__ = ["build_param_space", "cells_table", "init_ray", "find_sweep", "open_sweep",
-           "run_sweep", "resume_sweep"]
+           "run_sweep", "resume_sweep", "sweep_note"]
 
 log = logging.getLogger(__name__)
 SPEC_ARTIFACT = "spec.yaml"
@@ -138,17 +138,39 @@ def _prepare_local_dirs(spec: SweepSpec) -> None:
             Path(location).mkdir(parents=True, exist_ok=True)
 
 
+def sweep_note(spec: SweepSpec) -> str:
+    """The sweep's description in MLflow (Markdown): what it is, its grid, where to look."""
+    threats = " + ".join(f"{t.threat_model} eps {{{', '.join(f'{e:g}' for e in t.epsilons)}}}"
+                         for t in spec.threats)
+    archs = ", ".join(a.label for a in spec.archs)
+    seeds = ", ".join(str(s) for s in spec.seeds)
+    report = tr.default_paths().reports / spec.name / "report" / "index.html"
+    hpo = f" A tuning phase runs first: {spec.hpo.describe()}." if spec.hpo is not None else ""
+    return "\n".join([
+        f"**Sweep {spec.name}**" + (f": {spec.description}" if spec.description else ""), "",
+        f"**Grid:** {len(spec.cells())} trials = {len(spec.archs)} archs ({archs}) x {threats} "
+        f"x {len(spec.seeds)} seeds ({seeds}) on {spec.dataset.name}, {spec.train.epochs} "
+        f"epochs each.{hpo}", "",
+        f"**Runs:** `{spec.name}-sweep` is the sweep; each trial is a child run named "
+        "`arch / threat eps / seed`; `" + spec.name + "-analysis` and `" + spec.name
+        + "-reproduction` are children too.", "",
+        f"**Status:** `python -m sweeps status {spec.name}`", "",
+        f"{tr.REPORT_MARK} not built yet: `python -m analysis run {spec.name}` writes "
+        f"`{report}` and logs it to the run `{spec.name}-analysis`."])
+
+
 def open_sweep(spec: SweepSpec) -> SweepHandle:
-    """Create the experiment and the sweep's parent run (tag role=sweep) with the spec logged."""
+    """Create the experiment (a model-training experiment) and the sweep's parent run (tag
+    role=sweep) with the spec logged; both carry `sweep_note` as their description."""
     _prepare_local_dirs(spec)
     client = tr.make_client(spec.tracking.uri)
     exp_id = tr.ensure_experiment(client, spec.name,
                                   artifact_location=spec.tracking.artifact_location
                                   or spec.storage)
-    tags = {tr.TAG_SWEEP: spec.name, tr.TAG_ROLE: "sweep", tr.TAG_DATASET: spec.dataset.name,
-            "mlflow.note.content": spec.description}
+    tags = {tr.TAG_SWEEP: spec.name, tr.TAG_ROLE: "sweep", tr.TAG_DATASET: spec.dataset.name}
     run = tr.with_retries(client.create_run, exp_id, tags=tags, run_name=f"{spec.name}-sweep")
     run_id = run.info.run_id
+    tr.set_description(client, exp_id, run_id, sweep_note(spec))
     params = tr.flatten_params({k: v for k, v in spec.to_dict().items() if k != "hpo"})
     params["cells"] = str(len(spec.cells()))
     if spec.hpo is not None:

@@ -8,7 +8,8 @@ each model's features and logits once on each (``analysis.inputs.extract``, cach
 with ``python -m analysis run``); gather them into a ``StudyData``, with the clean and inverted
 pair values ``pairs.parquet`` already holds; measure robust accuracy and train the probes; hand
 the arrays to ``evaluate_targets``; write ``reports/<sweep>/reproduction.{md,json}``
-(``analysis.reproduction.writer``) and attach them to the sweep's analysis run in MLflow.
+(``analysis.reproduction.writer``) and attach them to the sweep's reproduction run in
+MLflow (a child of the sweep's run, like the analysis run).
 """
 
 from __future__ import annotations
@@ -300,14 +301,12 @@ def _known_values(path: Path, where_by_inputs: Mapping[str, str],
 
 
 def _log_to_mlflow(sweep: str, files: Sequence[Path], tracking_uri: str) -> None:
-    """Attach the report to the sweep's newest analysis run, if one exists."""
+    """Attach the report to the sweep's reproduction run (nested under the sweep's run)."""
     client = tr.make_client(tracking_uri)
     exp = tr.with_retries(client.get_experiment_by_name, sweep)
     if exp is None:
         return
-    runs = tr.search_sweep_runs(client, exp.experiment_id, sweep=sweep, role="analysis")
-    if not runs:
-        log.info("no analysis run for sweep %s: report not logged to MLflow", sweep)
-        return
+    run_id = tr.sweep_child_run(client, exp.experiment_id, sweep=sweep, role="reproduction")
     for f in files:
-        tr.with_retries(client.log_artifact, runs[-1].info.run_id, str(f), "reproduction")
+        tr.with_retries(client.log_artifact, run_id, str(f), "reproduction")
+    tr.with_retries(client.set_terminated, run_id, "FINISHED")
