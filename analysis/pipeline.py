@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from analysis.engine import (
     DEFAULT_MEASURES,
@@ -38,9 +39,11 @@ from analysis.inputs import (
     ArtifactCache,
     Block,
     Discovery,
+    Epochs,
     EvalSet,
     InputSet,
     ModelRef,
+    at_epochs,
     discover_models,
     extract_all,
     load_eval_sets,
@@ -107,7 +110,8 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
                  input_sets: Sequence[str] = ("clean",), actors: int = 0,
                  data_root: str | None = None, eval_size: int | None = None,
                  data_seed: int | None = None, retry_errors: bool = False,
-                 log_mlflow: bool = True, progress: Progress | None = None) -> AnalysisResult:
+                 log_mlflow: bool = True, progress: Progress | None = None,
+                 epochs: Epochs | None = None) -> AnalysisResult:
     """Compute every missing (pair, input set, measure) of a sweep into ``pairs.parquet``.
 
     Args:
@@ -123,6 +127,10 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         data_root, eval_size, data_seed: override the eval-set options read from the runs.
         retry_errors: recompute pairs stored with ``status="error"``.
         progress: ``progress(stage, done, total)`` for long work.
+        epochs: None: the trials' final models; else the models at these training epochs (or
+            ``"all"`` logged ones, `analysis.inputs.at_epochs`), each (trial, epoch) one item,
+            compared with the models of its epoch. ``models.parquet`` accumulates every item
+            analysed (columns ``epoch``, ``final``).
 
     Raises:
         UserError: unknown sweep, no usable model, bad measure/input set/actors.
@@ -135,6 +143,8 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
     isets = [parse_input_set(text) for text in input_sets]
     uri = tr.resolve_tracking_uri(tracking_uri, home)
     disc: Discovery = discover_models(sweep, tracking_uri=uri)
+    if epochs is not None and disc.models:
+        disc = at_epochs(disc, epochs, tracking_uri=uri)
     skipped = {s.run_id: f"{s.label}: {s.reason}" for s in disc.skipped}
     if not disc.models:
         raise UserError(f"sweep {sweep!r} has no finished model with a checkpoint to analyse\n"
@@ -159,7 +169,7 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
             import ray  # started above, so imported already
 
             ray.shutdown()
-    models_frame(disc.models).to_parquet(out_dir / "models.parquet", index=False)
+    _merge_models(out_dir / "models.parquet", disc.models)
     _write_json(out_dir / "skipped.json", skipped)
     _write_json(out_dir / "cache" / "manifest.json", _manifest(blocks, isets, bases))
     table = store.load()
@@ -172,6 +182,16 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         run_id = _log_analysis(uri, disc, result, specs, input_sets, actors)
         result = AnalysisResult(**{**result.__dict__, "analysis_run_id": run_id})
     return result
+
+
+def _merge_models(path: Path, models: Sequence[ModelRef]) -> None:
+    """Write ``models.parquet``: these models, plus the earlier runs' models of other ids (an
+    analysis by epoch adds its (trial, epoch) items beside the final models)."""
+    frame = models_frame(models)
+    if path.exists():
+        old = pd.read_parquet(path)
+        frame = pd.concat([old[~old["run_id"].isin(frame["run_id"])], frame], ignore_index=True)
+    frame.to_parquet(path, index=False)
 
 
 def _specs(measures: Sequence[str | MeasureSpec] | None) -> list[MeasureSpec]:

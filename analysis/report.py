@@ -33,10 +33,11 @@ import pandas as pd  # noqa: E402
 
 from analysis.engine.store import ResultStore  # noqa: E402
 from analysis.measures import MeasureInputError, fort_bounds  # noqa: E402
+from analysis.report_epochs import EPOCH_KEYS, same_epoch_pairs, vs_epoch_figure  # noqa: E402
 from trainables.errors import UserError  # noqa: E402
 
 __all__ = ["annotate", "summarise", "bootstrap_ci", "fort_reference", "build_report",
-           "screenshot", "dump_dom"]
+           "vs_epoch", "screenshot", "dump_dom"]
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,13 @@ def annotate(pairs: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
 
     eps_group: ``standard-standard`` (both eps 0), ``robust-robust eps=<e>`` (same eps > 0) or
     ``cross-eps``. arch_group: ``same-arch-different-seed``, ``same-arch-same-seed`` (only
-    across eps) or ``different-arch``.
+    across eps) or ``different-arch``. pair_eps / pair_epoch: the models' common eps / training
+    epoch (NaN when they differ).
     """
-    meta = models.set_index("run_id")[["label", "arch", "eps", "seed", "clean_acc", "num_classes"]]
+    meta = models.set_index("run_id").reindex(columns=["label", "arch", "eps", "seed", "clean_acc",
+                                                       "num_classes", "epoch"])
     out = pairs.join(meta.add_suffix("_a"), on="model_a").join(meta.add_suffix("_b"), on="model_b")
+    out["pair_epoch"] = out["epoch_a"].where(out["epoch_a"] == out["epoch_b"])
     same_eps = np.isclose(out["eps_a"].astype(float), out["eps_b"].astype(float))
     eps_txt = out["eps_a"].map(lambda e: f"robust-robust eps={e:g}")
     out["eps_group"] = np.where(same_eps, np.where(out["eps_a"] > 0, eps_txt, "standard-standard"),
@@ -98,6 +102,14 @@ def summarise(tidy: pd.DataFrame, *, seed: int = 0, keys: list[str] | None = Non
                      "ci_lo": lo, "ci_hi": hi})
     return pd.DataFrame(rows, columns=[*keys, "n", "n_error", "mean", "std", "median", "ci_lo",
                                        "ci_hi"])
+
+
+def vs_epoch(tidy: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Similarity over training (``vs_epoch.csv``): per `EPOCH_KEYS` group (dataset, input set,
+    measure, params, eps, training epoch) the `summarise` statistics of the pairs of models
+    trained at the same eps and taken at the same epoch. Several epochs appear only after an
+    analysis by epoch (``--epochs``)."""
+    return summarise(same_epoch_pairs(tidy), seed=seed, keys=EPOCH_KEYS)
 
 
 def fort_reference(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -241,8 +253,14 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
     models = pd.read_parquet(out_dir / "models.parquet")
     skipped_path = out_dir / "skipped.json"
     skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else {}
-    tidy = annotate(pairs, models)
-    tidy.to_csv(rdir / "pairs_grouped.csv", index=False)
+    everything = annotate(pairs, models)
+    everything.to_csv(rdir / "pairs_grouped.csv", index=False)
+    by_epoch = vs_epoch(everything, seed=seed)
+    by_epoch.to_csv(rdir / "vs_epoch.csv", index=False)
+    # The sections show the final models; those at earlier epochs (--epochs) only the last one.
+    shown = _final_ids(models)
+    keep = pairs["model_a"].isin(shown) & pairs["model_b"].isin(shown)
+    pairs, models, tidy = pairs[keep], models[models["run_id"].isin(shown)], everything[keep]
     summary = summarise(tidy, seed=seed)
     summary.to_csv(rdir / "summary.csv", index=False)
     same = tidy[tidy["pair_eps"].notna()]
@@ -257,11 +275,20 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
     sections = [_section(dataset, iset, sub, models=models, rdir=rdir, seed=seed,
                          summary=summary, vs_eps=vs_eps, fort=fort)
                 for (dataset, iset), sub in tidy.groupby(["dataset", "input_set"], sort=True)]
+    sections += [_epoch_section(dataset, iset, sub, rdir)
+                 for (dataset, iset), sub in by_epoch.groupby(["dataset", "input_set"], sort=True)
+                 if sub["pair_epoch"].nunique() > 1]
     page = _page(sweep, pairs, models, skipped, sections, seed=seed)
     index = rdir / "index.html"
     index.write_text(page)
     log.info("report written to %s", index)
     return index
+
+
+def _final_ids(models: pd.DataFrame) -> set[str]:
+    """Ids of the final models (all models if none is: an analysis of early epochs only)."""
+    final = models.reindex(columns=["final"])["final"].fillna(True).astype(bool)
+    return set(models["run_id"][final]) or set(models["run_id"])
 
 
 def _section(dataset: str, iset: str, sub: pd.DataFrame, *, models: pd.DataFrame, rdir: Path,
@@ -294,6 +321,16 @@ def _section(dataset: str, iset: str, sub: pd.DataFrame, *, models: pd.DataFrame
             + fort_html + "".join(_img(p) for p in figs)
             + "<h3>Summary by group</h3>"
             + _table(ssub.drop(columns=["dataset", "input_set"])))
+
+
+def _epoch_section(dataset: str, iset: str, sub: pd.DataFrame, rdir: Path) -> str:
+    """The similarity-vs-training-epoch figure of one (dataset, input set), from vs_epoch.csv."""
+    png = vs_epoch_figure(sub, f"similarity / agreement vs training epoch, {iset} ({dataset})",
+                          rdir / f"vs_epoch_{dataset}_{iset}.png")
+    return (f"<h2>Over training: {html.escape(iset)} inputs ({html.escape(dataset)})</h2>"
+            "<p class='note'>Pairs of models trained at the same eps, both taken at the same "
+            "training epoch (checkpoints logged with <code>train.checkpoint_every</code>); data: "
+            "<code>vs_epoch.csv</code>.</p>" + _img(png))
 
 
 def _page(sweep: str, pairs: pd.DataFrame, models: pd.DataFrame, skipped: dict[str, str],

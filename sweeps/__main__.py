@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sweeps import status
 from sweeps.cli_util import echo, format_table, summary_rows
 from sweeps.spec import SweepSpec, load_spec
 from trainables import tracking as tr
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the cells and resources, exit")
     res = sub.add_parser("resume", help="finish an interrupted sweep (only unfinished trials run)")
     res.add_argument("target", help="sweep name (default tracking store) or its spec path")
-    st = sub.add_parser("status", help="trials done/running/failed and best values, from MLflow")
+    st = sub.add_parser("status", help="each cell's state, epoch and last metrics, and the "
+                        "sweep's ETA, from MLflow")
     st.add_argument("target", help="sweep name (default tracking store) or its spec path")
     sub.add_parser("list", help="sweeps in the default tracking store")
     ui = sub.add_parser("ui", help="MLflow UI over the local store (127.0.0.1 only by default)")
@@ -151,7 +153,18 @@ def _status(args: argparse.Namespace) -> int:
         top = max((r for r in done if r["eps"] == eps), key=lambda r: float(r["robust_acc"]))
         echo(f"best robust_acc at {top['threat']} eps={eps}: {top['robust_acc']} "
              f"({top['arch']} seed {top['seed']}, clean {top['clean_acc']})")
-    echo(format_table([{k: v for k, v in r.items() if k != "run_id"} for r in st["rows"]]))
+    client = tr.make_client(uri)
+    try:
+        spec = status.logged_spec(client, parent.info.run_id, check_paths=False)
+    except Exception as exc:  # noqa: BLE001 - an old sweep without spec.yaml: its runs only
+        echo(f"(the sweep's spec.yaml could not be read: {exc}; listing the cells with runs)")
+        spec = None
+    runs = tr.search_sweep_runs(client, parent.info.experiment_id, sweep=name, role="trial")
+    states = status.cell_states(client, runs, cells=spec.cells() if spec else None,
+                                epochs=spec.train.epochs if spec else 0)
+    echo(format_table(status.cell_rows(states)))
+    est = status.estimate(states, max_concurrent=spec.max_concurrent if spec else None)
+    echo(status.describe_estimate(est, sweep_status=parent.info.status, name=name))
     return 0
 
 

@@ -12,19 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 from mlflow.entities import Param
 from ray import tune
 
 from sweeps.cli_util import Echo, format_table, rows_to_csv, summary_rows
 from sweeps.grid import Cell
 from sweeps.hpo import run_hpo
-from sweeps.spec import SweepSpec, load_spec, parse_spec
+from sweeps.spec import SweepSpec, load_spec
+from sweeps.status import SPEC_ARTIFACT, logged_spec
 from sweeps.tuner import (FaultSwitch, SweepHandle, base_param_space, experiment_path, make_tuner,
                           trainable_for)
 from trainables import tracking as tr
@@ -34,7 +33,6 @@ __all__ = ["build_param_space", "cells_table", "init_ray", "find_sweep", "open_s
            "run_sweep", "resume_sweep", "sweep_note"]
 
 log = logging.getLogger(__name__)
-SPEC_ARTIFACT = "spec.yaml"
 SUMMARY_ARTIFACT = "summary.csv"
 
 
@@ -292,7 +290,4 @@ def _spec_for(target: str) -> SweepSpec:
     if parent is None:
         raise UserError(f"no sweep named {target!r} in {uri}; pass the spec path instead "
                         "(python -m sweeps resume path/to/spec.yaml)")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT, tmp)
-        text = Path(local).read_text()
-    return parse_spec(yaml.safe_load(text), check_paths=True, source=text)
+    return logged_spec(client, parent.info.run_id, check_paths=True)

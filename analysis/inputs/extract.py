@@ -246,8 +246,10 @@ def _usable(models: Sequence[ModelRef], bases: Mapping[str, EvalSet],
 
 
 def _by_dataset(models: Sequence[ModelRef]) -> list[tuple[str, tuple[ModelRef, ...]]]:
-    datasets = sorted({m.dataset for m in models})
-    return [(d, tuple(m for m in models if m.dataset == d)) for d in datasets]
+    """The comparison groups: the models of one dataset and one training epoch (an analysis by
+    epoch compares models at the same epoch only; final models share their epoch count)."""
+    groups = sorted({(m.dataset, m.epoch) for m in models})
+    return [(d, tuple(m for m in models if (m.dataset, m.epoch) == (d, e))) for d, e in groups]
 
 
 def _build_inputs(plan: list[_Planned], bases: Mapping[str, EvalSet], cache: ArtifactCache,
