@@ -12,37 +12,11 @@ import argparse
 import json
 import logging
 import sys
-import time
-from typing import TextIO
 
+from analysis.progress import ProgressLine as _Progress
 from trainables.errors import user_errors
 
 __all__ = ["main"]
-
-
-class _Progress:
-    """One progress line per stage: ``pairs 120/450 (26.7%, 41.2/s)``, redrawn in place on a
-    terminal, printed at most every 5 s otherwise (logs of a batch job stay short)."""
-
-    def __init__(self, stream: TextIO | None = None):
-        self._stream = stream  # None: whatever sys.stderr is when a line is written
-        self.start: dict[str, float] = {}
-        self.last = 0.0
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        stream = self._stream or sys.stderr
-        tty = stream.isatty()
-        now = time.monotonic()
-        t0 = self.start.setdefault(stage, now)
-        final = done >= total
-        if not (tty or final or now - self.last >= 5.0):
-            return
-        self.last = now
-        elapsed = now - t0
-        rate = f", {done / elapsed:.1f}/s" if elapsed > 0.05 else ""
-        line = f"{stage} {done}/{total} ({100 * done / max(total, 1):.1f}%{rate})"
-        stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
-        stream.flush()
 
 
 def _parser() -> argparse.ArgumentParser:

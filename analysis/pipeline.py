@@ -254,20 +254,35 @@ def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: Resul
     buffer: list[dict] = []
     written = [0, time.monotonic()]
 
+    todo = {(spec.name, spec.hash): [str(spec), 0, len(tasks)] for spec, tasks in plan.items()}
+
     def sink(rows):
+        if progress:
+            for key in _count(rows, todo):  # one progress line per measure spec
+                label, done, total = todo[key]
+                progress(f"pairs {label}", done, total)
         buffer.extend(rows)
         if time.monotonic() - written[1] > flush_s:
             written[0] += store.append(buffer, replace_errors=retry_errors)
             buffer.clear()
             written[1] = time.monotonic()
 
-    def on_pairs(done, total):
-        if progress:
-            progress("pairs", done, total)
-
-    stats = engine.run(plan, items, sink=sink, progress=on_pairs)
+    for label, _, total in todo.values():
+        if progress and total:
+            progress(f"pairs {label}", 0, total)
+    stats = engine.run(plan, items, sink=sink)
     written[0] += store.append(buffer, replace_errors=retry_errors)
     return written[0], stats.__dict__
+
+
+def _count(rows: Sequence[dict], todo: dict[tuple[str, str], list]) -> set[tuple[str, str]]:
+    """Add ``rows`` to the per-measure-spec counts of ``todo``; returns the specs they touched."""
+    touched = set()
+    for row in rows:
+        key = (row["measure"], row["params_hash"])
+        todo[key][1] += 1
+        touched.add(key)
+    return touched
 
 
 def _manifest(blocks, isets, bases) -> dict[str, Any]:

@@ -260,14 +260,16 @@ def _analyse(spec: SweepSpec) -> None:
     # analysis (numpy, scipy, matplotlib, the measures) loads only when the demo gets this far
     from analysis.engine import DEMO_MEASURES
     from analysis.pipeline import report_dir, run_analysis, run_report
+    from analysis.progress import ProgressLine
     from analysis.reproduction import run_reproduction
 
     uri = spec.tracking.uri
     echo(f"\n== analysis of {spec.name}: all pairs, measures {', '.join(DEMO_MEASURES)}")
-    run_analysis(spec.name, tracking_uri=uri, measures=DEMO_MEASURES, actors=2)
+    run_analysis(spec.name, tracking_uri=uri, measures=DEMO_MEASURES, actors=2,
+                 progress=ProgressLine(sys.stdout))
     html = run_report(spec.name, tracking_uri=uri)
     echo(f"\n== reproduction targets (SPEC section 8) on {spec.name}")
-    repro = run_reproduction(spec.name, tracking_uri=uri)
+    repro = run_reproduction(spec.name, tracking_uri=uri, progress=ProgressLine(sys.stdout))
     echo(f"\nreport:         {html}")
     echo(f"reproduction:   {repro}")
     echo(f"pair table:     {report_dir(spec.name) / 'pairs.parquet'}")

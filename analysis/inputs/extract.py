@@ -168,6 +168,8 @@ def _run_jobs(jobs: list[tuple[str, Callable, tuple, float]], *, use_ray: bool,
     out: dict[str, Any] = {}
     if not jobs:
         return out
+    if progress:
+        progress(what, 0, len(jobs))  # the stage's clock starts now
 
     def finish(name: str, result: Any) -> None:
         out[name] = result
@@ -270,8 +272,12 @@ def _build_inputs(plan: list[_Planned], bases: Mapping[str, EvalSet], cache: Art
             {"set": p.iset.name, "params": p.iset.params(), "dataset": p.dataset,
              "source": p.source.run_id if p.source else None, "content_hash": array_hash(X, y)}))})
 
-    built = _run_jobs(list({j[0]: j for j in jobs}.values()), use_ray=use_ray, progress=progress,
-                      what="inputs", on_result=save_inputs)
+    unique = list({j[0]: j for j in jobs}.values())
+    built: dict[str, Any] = {}
+    for name in dict.fromkeys(made_by[j[0]].iset.name for j in unique):  # e.g. "inputs inverted"
+        built.update(_run_jobs([j for j in unique if made_by[j[0]].iset.name == name],
+                               use_ray=use_ray, progress=progress, what=f"inputs {name}",
+                               on_result=save_inputs))
     inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for p in plan:
         if p.iset.name == "clean":

@@ -106,7 +106,7 @@ def run_reproduction(sweep: str, *, tracking_uri: str | None = None,
     eps_values = sorted({m.eps for m in refs})
     study.robust_acc = _robust_at(refs, base.X, base.y, eps_values[-1], cfg, tracking_uri,
                                   progress=progress)
-    _train_probes(study, refs, base, train, cfg)
+    _train_probes(study, refs, base, train, cfg, progress=progress)
     results = evaluate_targets(study, config=cfg)
     header = _header(sweep, disc, failures, refs, base, study, train, inputs, cfg)
     md, js = write_report(results, out_dir, header=header)
@@ -207,6 +207,8 @@ def _robust_at(refs: Sequence[ModelRef], X: np.ndarray, y: np.ndarray, eps: floa
     """Robust accuracy of every model under the same PGD attack at ``eps`` (target 1)."""
     out = {}
     device = pick_device()
+    if progress:
+        progress("robust accuracy", 0, len(refs))
     for ref in refs:
         model, _ = load_model(ref, tracking_uri=tracking_uri)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -219,12 +221,15 @@ def _robust_at(refs: Sequence[ModelRef], X: np.ndarray, y: np.ndarray, eps: floa
 
 
 def _train_probes(study: StudyData, refs: Sequence[ModelRef], base: EvalSet, train: Arrays,
-                  cfg: ReproConfig) -> None:
+                  cfg: ReproConfig, *, progress: Progress | None = None) -> None:
     """Probes (target 7) for the smallest and the largest eps, where >= 2 models have features
     on the training split."""
     clean = study.clean
     eps_values = sorted({m.eps for m in refs})
-    for e in {eps_values[0], eps_values[-1]}:
+    groups = sorted({eps_values[0], eps_values[-1]})
+    for k, e in enumerate(groups):
+        if progress:
+            progress("probes (eps groups)", k, len(groups))
         ids = [m.label for m in refs if m.eps == e]
         if len(ids) >= 2 and all(i in train for i in ids):
             study.probes[f"eps={e:g}"] = run_probes(
@@ -232,6 +237,8 @@ def _train_probes(study: StudyData, refs: Sequence[ModelRef], base: EvalSet, tra
                 {i: clean[i]["features"] for i in ids}, base.y, num_classes=base.num_classes,
                 eval_ids=base.indices, head_logits={i: clean[i]["logits"] for i in ids},
                 config=cfg.probes)
+    if progress:
+        progress("probes (eps groups)", len(groups), len(groups))
 
 
 def _header(sweep: str, disc: Discovery, failures: Mapping[str, str], refs: Sequence[ModelRef],
