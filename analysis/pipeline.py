@@ -254,35 +254,48 @@ def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: Resul
     buffer: list[dict] = []
     written = [0, time.monotonic()]
 
-    todo = {(spec.name, spec.hash): [str(spec), 0, len(tasks)] for spec, tasks in plan.items()}
+    per_measure = _PerMeasure(plan, progress) if progress else None
 
     def sink(rows):
-        if progress:
-            for key in _count(rows, todo):  # one progress line per measure spec
-                label, done, total = todo[key]
-                progress(f"pairs {label}", done, total)
+        if per_measure:
+            per_measure.add(rows)
         buffer.extend(rows)
         if time.monotonic() - written[1] > flush_s:
             written[0] += store.append(buffer, replace_errors=retry_errors)
             buffer.clear()
             written[1] = time.monotonic()
 
-    for label, _, total in todo.values():
-        if progress and total:
-            progress(f"pairs {label}", 0, total)
     stats = engine.run(plan, items, sink=sink)
     written[0] += store.append(buffer, replace_errors=retry_errors)
     return written[0], stats.__dict__
 
 
-def _count(rows: Sequence[dict], todo: dict[tuple[str, str], list]) -> set[tuple[str, str]]:
-    """Add ``rows`` to the per-measure-spec counts of ``todo``; returns the specs they touched."""
-    touched = set()
-    for row in rows:
-        key = (row["measure"], row["params_hash"])
-        todo[key][1] += 1
-        touched.add(key)
-    return touched
+class _PerMeasure:
+    """The pair computation's progress, one stage per measure spec (``pairs <spec>``). The
+    engines run the specs one after the other in plan order, so a spec's clock starts as the
+    one before it finishes."""
+
+    def __init__(self, plan: Mapping[MeasureSpec, list], progress: Progress):
+        self.progress = progress
+        self.specs = [(s.name, s.hash) for s, tasks in plan.items() if tasks]
+        self.label = {(s.name, s.hash): f"pairs {s}" for s in plan}
+        self.total = {(s.name, s.hash): len(tasks) for s, tasks in plan.items()}
+        self.done = dict.fromkeys(self.specs, 0)
+        self._start(0)
+
+    def _start(self, index: int) -> None:
+        if index < len(self.specs):
+            key = self.specs[index]
+            self.progress(self.label[key], 0, self.total[key])
+
+    def add(self, rows: Sequence[dict]) -> None:
+        touched = dict.fromkeys((r["measure"], r["params_hash"]) for r in rows)
+        for row in rows:
+            self.done[(row["measure"], row["params_hash"])] += 1
+        for key in touched:
+            self.progress(self.label[key], self.done[key], self.total[key])
+            if self.done[key] >= self.total[key]:
+                self._start(self.specs.index(key) + 1)
 
 
 def _manifest(blocks, isets, bases) -> dict[str, Any]:

@@ -12,8 +12,10 @@ __all__ = ["ProgressLine"]
 
 class ProgressLine:
     """One progress line per stage, with counts and the stage's elapsed time:
-    ``pairs linear_cka 120/450 (26.7%, 41.2/s; 2.9 s)``. Redrawn in place on a terminal, printed
-    at most every 5 s otherwise (logs of a batch job stay short); a stage's last line always.
+    ``pairs linear_cka 120/450 (26.7%, 41.2/s; 2.9 s)``,
+    ``inputs inverted 4/18 (22.2%, 16.2 s each; 64.6 s)``. Redrawn in place on a terminal,
+    printed at most every 5 s otherwise (logs of a batch job stay short); a stage's last line
+    always.
 
     A stage's clock starts at its first call: callers report ``(stage, 0, total)`` as they
     begin it (`analysis.inputs.extract` and `analysis.pipeline` do).
@@ -34,7 +36,10 @@ class ProgressLine:
             return
         self.last = now
         elapsed = now - t0
-        rate = f", {done / elapsed:.1f}/s" if elapsed > 0.05 and done else ""
+        rate = ""
+        if elapsed > 0.05 and done:  # items per second, or seconds per item for slow stages
+            rate = (f", {done / elapsed:.1f}/s" if done >= elapsed
+                    else f", {elapsed / done:.1f} s each")
         line = f"{stage} {done}/{total} ({100 * done / max(total, 1):.1f}%{rate}; {elapsed:.1f} s)"
         stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
         stream.flush()

@@ -145,7 +145,7 @@ def sweep_note(spec: SweepSpec) -> str:
     report = tr.default_paths().reports / spec.name / "report" / "index.html"
     hpo = f" A tuning phase runs first: {spec.hpo.describe()}." if spec.hpo is not None else ""
     return "\n".join([
-        f"**Sweep {spec.name}**" + (f": {spec.description}" if spec.description else ""), "",
+        f"Sweep {spec.name}" + (f": {spec.description}" if spec.description else ""), "",
         f"**Grid:** {len(spec.cells())} trials = {len(spec.archs)} archs ({archs}) x {threats} "
         f"x {len(spec.seeds)} seeds ({seeds}) on {spec.dataset.name}, {spec.train.epochs} "
         f"epochs each.{hpo}", "",

@@ -14,6 +14,7 @@ start-up, MLflow logging and a tuning phase are not counted, so the estimate is 
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ _RANK = {"FINISHED": 0, "RUNNING": 1, "FAILED": 2, "KILLED": 3}
 
 def logged_spec(client: Any, run_id: str, *, check_paths: bool) -> SweepSpec:
     """The spec a sweep ran with, from its parent run's ``spec.yaml``."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
     with tempfile.TemporaryDirectory() as tmp:
         local = tr.with_retries(client.download_artifacts, run_id, SPEC_ARTIFACT, tmp)
         text = Path(local).read_text()

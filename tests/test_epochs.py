@@ -121,17 +121,25 @@ def test_an_epoch_beyond_training_is_one_line_exit_2(store, monkeypatch, capsys)
 
 def test_pairs_per_epoch_are_items_of_the_table_and_the_report_plots_them(store):
     uri, home = store["uri"], store["home"]
-    first = run_analysis(SWEEP, tracking_uri=uri, home=home, measures=["linear_cka"], actors=0)
-    assert first.new_rows == 6  # 4 final models
+    calls = []
+    first = run_analysis(SWEEP, tracking_uri=uri, home=home, measures=["linear_cka", "agreement"],
+                         actors=0, progress=lambda *a: calls.append(a))
+    assert first.new_rows == 2 * 6  # 4 final models
+    # Progress: the extraction, then each measure as its own stage, each from 0 to its count.
+    stages = [c for c in calls if c[1] in (0, c[2])]
+    assert stages == [("features", 0, 4), ("features", 4, 4), ("pairs linear_cka", 0, 6),
+                      ("pairs linear_cka", 6, 6), ("pairs agreement", 0, 6),
+                      ("pairs agreement", 6, 6)]
     res = run_analysis(SWEEP, tracking_uri=uri, home=home, measures=["linear_cka"], actors=0,
                        epochs="all")
     # Models are compared with the models of their own epoch only: 3 at epoch 1, 4 at epoch 2;
     # the 6 pairs of final models (epoch 3) are the ones already stored.
-    assert res.new_rows == 3 + 6 and res.total_rows == 15
+    assert res.new_rows == 3 + 6 and res.total_rows == 15 + 6  # + the 6 agreement rows
     models = pd.read_parquet(res.report_dir / "models.parquet").set_index("run_id")
     assert sorted(models["epoch"].tolist()) == [1] * 3 + [2] * 4 + [3] * 4
     assert models.loc[models["final"], "epoch"].eq(EPOCHS).all() and models["final"].sum() == 4
     table = ResultStore(res.pairs_path).load()
+    table = table[table["measure"] == "linear_cka"]
     epoch_of = models["epoch"]
     assert (table["model_a"].map(epoch_of) == table["model_b"].map(epoch_of)).all()
     assert table["model_a"].map(epoch_of).value_counts().to_dict() == {1: 3, 2: 6, 3: 6}
@@ -139,6 +147,7 @@ def test_pairs_per_epoch_are_items_of_the_table_and_the_report_plots_them(store)
     html = run_report(SWEEP, home=home, tracking_uri=uri)
     rdir = html.parent
     by_epoch = pd.read_csv(rdir / "vs_epoch.csv")
+    by_epoch = by_epoch[by_epoch["measure"] == "linear_cka"]
     eps0 = by_epoch[by_epoch["pair_eps"] == 0.0].set_index("pair_epoch")
     assert eps0["n"].to_dict() == {1: 1, 2: 1, 3: 1}  # mlp vs cnn at each epoch
     a, b = store["runs"][("mlp", 0.0)][0], store["runs"][("cnn", 0.0)][0]
@@ -150,4 +159,4 @@ def test_pairs_per_epoch_are_items_of_the_table_and_the_report_plots_them(store)
     page = html.read_text()
     assert "Over training: clean inputs" in page and page.count("vs_epoch_digits_clean") >= 1
     # The page's other sections show the final models only.
-    assert pd.read_csv(rdir / "summary.csv")["n"].sum() == 6
+    assert pd.read_csv(rdir / "summary.csv")["n"].sum() == 2 * 6
