@@ -123,22 +123,23 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(known) if known else None
 
 
+# Which measured runs stand for a cell's epoch time, most alike first (the module docstring).
+_ALIKE = (lambda c: (c.arch, c.threat_model, c.eps), lambda c: c.arch, lambda c: None)
+
+
+def _epoch_time(cell: Cell, states: list[CellState]) -> float | None:
+    for alike in _ALIKE:
+        t = _mean(s.epoch_s for s in states if alike(s.cell) == alike(cell))
+        if t is not None:
+            return t
+    return None
+
+
 def estimate(states: list[CellState], *, max_concurrent: int | None) -> Estimate:
     """The ETA of the cells left (see the module docstring for the rule)."""
-    def key(c: Cell, level: int) -> tuple:
-        return ((c.arch, c.threat_model, c.eps), (c.arch,), ())[level]
-
-    measured = [{k: _mean(s.epoch_s for s in states if key(s.cell, level) == k)
-                 for k in {key(s.cell, level) for s in states}} for level in range(3)]
     todo = [s for s in states if s.left > 0]
-    work = 0.0
-    for s in todo:
-        t = next((measured[lv][key(s.cell, lv)] for lv in range(3)
-                  if measured[lv][key(s.cell, lv)] is not None), None)
-        if t is None:
-            work = None
-            break
-        work += s.left * t
+    times = [_epoch_time(s.cell, states) for s in todo]
+    work = None if None in times else sum(s.left * t for s, t in zip(todo, times, strict=True))
     running = sum(s.state == "RUNNING" for s in states)
     parallel, source = ((running, "running now") if running else
                         (max_concurrent, "max_concurrent") if max_concurrent else (1, "default"))
