@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
-from analysis.engine import ResultStore, spec_key
+from analysis.engine import MeasureSpec, ResultStore, spec_key
 from analysis.pipeline import run_analysis
 from analysis.reproduction import (
     FAILS,
@@ -40,6 +40,30 @@ SMALL = ReproConfig(n_permutations=19, inversion_iterations=30,
                     attack_steps=10, k_values=(10, 100, 500))
 
 
+def _log_trials(client, exp_id: str, root, sweep: str, grid, *, epochs: int = 4) -> None:
+    """Train ``grid`` ((arch, eps, seed, threat model) cells) on digits and log each model like
+    a real trial of ``sweep``."""
+    for arch, eps, seed, threat in grid:
+        cfg = TrainConfig.from_dict({
+            "dataset": "digits", "arch": arch, "threat_model": threat, "eps": eps, "seed": seed,
+            "epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 3e-3,
+            "attack_steps": 3, "eval_attack_steps": 3, "final_eval_steps": 5,
+            "final_eval_restarts": 1, "num_threads": 1, "eval_size": EVAL_SIZE, "eval_seed": 3})
+        res = train_model(cfg)
+        tags = {tr.TAG_SWEEP: sweep, tr.TAG_ROLE: "trial", tr.TAG_ARCH: arch,
+                tr.TAG_EPS: tr.format_eps(eps), tr.TAG_SEED: str(seed),
+                tr.TAG_THREAT_MODEL: threat, tr.TAG_DATASET: "digits",
+                tr.TAG_TRIAL_ID: f"{arch}-{eps}-{seed}-{threat}"}
+        run = client.create_run(exp_id, tags=tags)
+        for k, v in res.metrics.items():
+            if isinstance(v, (int, float)):
+                client.log_metric(run.info.run_id, k, float(v))
+        ckpt = root / f"ckpt-{sweep}-{arch}-{eps}-{seed}-{threat}"
+        res.save(ckpt)
+        client.log_artifacts(run.info.run_id, str(ckpt), tr.ARTIFACT_CHECKPOINT)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
     """A sweep of 8 digits models (2 archs x eps {0, 1.0} L2 x 2 seeds) logged like real trials,
@@ -51,25 +75,7 @@ def sweep_store(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = tr.make_client(uri)
     exp_id = client.create_experiment(SWEEP, artifact_location=str(root / "mlartifacts"))
-    for arch, eps, seed in GRID:
-        cfg = TrainConfig.from_dict({
-            "dataset": "digits", "arch": arch, "threat_model": "l2", "eps": eps, "seed": seed,
-            "epochs": 4, "batch_size": 64, "optimizer": "adam", "lr": 3e-3, "attack_steps": 3,
-            "eval_attack_steps": 3, "final_eval_steps": 5, "final_eval_restarts": 1,
-            "num_threads": 1, "eval_size": EVAL_SIZE, "eval_seed": 3})
-        res = train_model(cfg)
-        tags = {tr.TAG_SWEEP: SWEEP, tr.TAG_ROLE: "trial", tr.TAG_ARCH: arch,
-                tr.TAG_EPS: tr.format_eps(eps), tr.TAG_SEED: str(seed),
-                tr.TAG_THREAT_MODEL: "l2", tr.TAG_DATASET: "digits",
-                tr.TAG_TRIAL_ID: f"{arch}-{eps}-{seed}"}
-        run = client.create_run(exp_id, tags=tags)
-        for k, v in res.metrics.items():
-            if isinstance(v, (int, float)):
-                client.log_metric(run.info.run_id, k, float(v))
-        ckpt = root / f"ckpt-{arch}-{eps}-{seed}"
-        res.save(ckpt)
-        client.log_artifacts(run.info.run_id, str(ckpt), tr.ARTIFACT_CHECKPOINT)
-        client.set_terminated(run.info.run_id, "FINISHED")
+    _log_trials(client, exp_id, root, SWEEP, [(*cell, "l2") for cell in GRID])
     analysis = client.create_run(exp_id, tags={tr.TAG_SWEEP: SWEEP, tr.TAG_ROLE: "analysis"})
     mlflow.set_tracking_uri(uri)
     return {"uri": uri, "root": root, "analysis_run": analysis.info.run_id, "client": client}
@@ -226,3 +232,32 @@ def test_fort_target_allows_one_input_of_resolution_and_no_more():
     assert res.figures["eps=0"]["pairs_within"] == 0
     assert len(res.figures["eps=0"]["outside_by_more_than_1/N"]) == 1
     assert res.key["value"] < 0  # below the independent-errors curve
+
+
+def test_every_dataset_and_threat_model_group_is_reported(tmp_path):
+    """Item 9: a sweep with two threat models gets one verdict table and one section per
+    (dataset, threat model) group, each evaluated on its own models only."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tr.make_client(uri)
+    exp_id = client.create_experiment("two-groups",
+                                      artifact_location=str(tmp_path / "mlartifacts"))
+    grid = [(a, e, 0, t) for t, eps in (("l2", 1.0), ("linf", 0.1)) for a in ("mlp", "cnn")
+            for e in (0.0, eps)]
+    _log_trials(client, exp_id, tmp_path, "two-groups", grid, epochs=2)
+    cfg = ReproConfig(n_permutations=0, inversion_iterations=10, inversion_targets=16,
+                      probes=ProbeConfig(batch_size=256, num_probes=1, epochs=2),
+                      attack_steps=2, subgroup_measures=(MeasureSpec("linear_cka_debiased"),))
+    md = run_reproduction("two-groups", tracking_uri=uri, reports_root=tmp_path / "reports",
+                          config=cfg)
+    data = json.loads(md.with_suffix(".json").read_text())
+    got = [(g["dataset"], g["threat_model"]) for g in data["groups"]]
+    assert got == [("digits", "l2"), ("digits", "linf")]
+    for g in data["groups"]:
+        assert [t["number"] for t in g["targets"]] == list(range(1, 9))
+        assert {m["model"].split("-")[0] for m in g["header"]["models"]} == {"mlp", "cnn"}
+        assert len(g["header"]["models"]) == 4  # its own models only
+        assert g["header"]["epsilons"] == [0.0, 1.0 if g["threat_model"] == "l2" else 0.1]
+    text = md.read_text()
+    tables = [text.index("## Verdicts: digits, l2"), text.index("## Verdicts: digits, linf")]
+    details = [text.index("# digits, l2: details"), text.index("# digits, linf: details")]
+    assert max(tables) < text.index("## Declared predictions") < min(details)
