@@ -3,7 +3,9 @@
 An analysis by epoch (``python -m analysis run SWEEP --epochs all``) compares each trial's model
 at every logged epoch with the other models at that epoch. `analysis.report.vs_epoch` summarises
 those pairs into ``vs_epoch.csv`` (keys `EPOCH_KEYS`); `vs_epoch_figure` draws it: one panel per
-measure (its own y scale), x = training epoch, one line per eps group with 95% bootstrap CIs.
+measure (its own y scale), x = training epoch, one line per eps group for cross-architecture
+pairs (solid) and same-architecture pairs across seeds (dotted), never pooled, with the SPEC §10
+estimate and its 95% interval (``analysis.report.group_interval``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 __all__ = ["EPOCH_KEYS", "same_epoch_pairs", "vs_epoch_figure"]
 
 # The groups of vs_epoch.csv: pairs of two models trained at the same eps (pair_eps) and taken
-# at the same training epoch (pair_epoch).
-EPOCH_KEYS = ["dataset", "input_set", "measure", "params", "pair_eps", "pair_epoch"]
+# at the same training epoch (pair_epoch), cross- and same-architecture pairs apart (arch_group).
+EPOCH_KEYS = ["dataset", "input_set", "measure", "params", "pair_eps", "pair_epoch",
+              "arch_group"]
+#: The arch groups drawn, and their line styles.
+_STYLES = (("different-arch", "-", ""), ("same-arch-different-seed", ":", " (same arch)"))
 
 
 def same_epoch_pairs(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +39,7 @@ def vs_epoch_figure(table: pd.DataFrame, title: str, path: Path) -> Path:
 
     Args:
         table: rows of ``vs_epoch.csv`` for one dataset and input set (``pair_epoch``,
-            ``pair_eps``, ``measure``, ``mean``, ``ci_lo``, ``ci_hi``).
+            ``pair_eps``, ``arch_group``, ``measure``, ``estimate``, ``ci_lo``, ``ci_hi``).
         title: the figure's title.
         path: the PNG to write.
 
@@ -44,13 +50,18 @@ def vs_epoch_figure(table: pd.DataFrame, title: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.4), squeeze=False)
     for ax, name in zip(axes[0], measures, strict=True):
         sub = table[table["measure"] == name]
-        for eps, s in sub.groupby("pair_eps", sort=True):
-            s = s.sort_values("pair_epoch")
-            ax.errorbar(s["pair_epoch"], s["mean"], marker="o", capsize=3, label=f"eps={eps:g}",
-                        yerr=[s["mean"] - s["ci_lo"], s["ci_hi"] - s["mean"]])
+        for k, (eps, by_eps) in enumerate(sub.groupby("pair_eps", sort=True)):
+            for group, style, tag in _STYLES:
+                s = by_eps[by_eps["arch_group"] == group].sort_values("pair_epoch")
+                if s.empty:
+                    continue
+                err = np.nan_to_num(np.array([s["estimate"] - s["ci_lo"],
+                                              s["ci_hi"] - s["estimate"]], dtype=float))
+                ax.errorbar(s["pair_epoch"], s["estimate"], yerr=err, marker="o", capsize=3,
+                            linestyle=style, color=f"C{k}", label=f"eps={eps:g}{tag}")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("training epoch (both models)")
-        ax.set_ylabel("mean over same-eps pairs (95% CI)", fontsize=8)
+        ax.set_ylabel("mean over same-eps pairs (95% CI, SPEC §10)", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
