@@ -23,16 +23,23 @@ checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `ch
 
 A trial whose run is already FINISHED with its checkpoint logged (the driver died after the
 trial ended but before Tune saved that) is never trained again: it reports the run's final
-metrics with the logged checkpoint, so Tune marks it done, and writes nothing to the run.
+metrics with the logged checkpoint, so Tune marks it done, and writes nothing to the run. A
+trial that continues its run never logs an epoch the run already has: a crash after an epoch's
+metrics reached MLflow but before Tune kept its checkpoint (or a Tune state older than MLflow,
+after a head or driver died) trains that epoch again, bit-identically, without logging it twice.
 
 ``_fault`` is a test-only switch: after reporting epoch ``after_epoch`` the trial fails once
 (``mode="raise"`` raises, ``mode="exit"`` kills the worker process), recorded by a marker file
-under ``marker_dir`` so the restarted trial runs through. Real sweeps never set it.
+under ``marker_dir`` so the restarted trial runs through. ``mode="watch"`` never fails: the
+trial writes ``marker_dir/progress-<trial id>.json`` (its pid, epoch and batch) after every
+batch, so a test that kills it from outside can show where the kill landed. Real sweeps never
+set it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -120,7 +127,7 @@ def _report_finished(client: Any, run: Any, *, trial_id: str) -> bool:
 
 def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> None:
     """TEST ONLY: fail once after epoch ``fault["after_epoch"]`` (see module docstring)."""
-    if not fault or epoch != int(fault["after_epoch"]):
+    if not fault or fault.get("mode") == "watch" or epoch != int(fault["after_epoch"]):
         return
     marker = Path(fault["marker_dir"]) / f"fault-{trial_id}"
     if marker.exists():
@@ -130,6 +137,29 @@ def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> 
     if fault.get("mode") == "exit":
         os._exit(17)  # a hard crash: no finally, no MLflow end_run (the restart must cope)
     raise RuntimeError(f"injected test fault after epoch {epoch} (trial {trial_id})")
+
+
+def _progress_writer(fault: dict[str, Any] | None, *, trial_id: str):
+    """TEST ONLY (``mode="watch"``): ``on_batch`` writing where the trial is, else None."""
+    if not fault or fault.get("mode") != "watch":
+        return None
+    path = Path(fault["marker_dir"]) / f"progress-{trial_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_batch(epoch: int, batch: int) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "epoch": epoch, "batch": batch}))
+        os.replace(tmp, path)  # a reader never sees half a file
+
+    return on_batch
+
+
+def _logged_epochs(client: Any, run: Any) -> set[int]:
+    """The epochs ``run`` already holds metrics for (none for a new run)."""
+    if run is None:
+        return set()
+    history = tr.with_retries(client.get_metric_history, run.info.run_id, tr.METRIC_EPOCH)
+    return {int(m.step) for m in history}
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -153,17 +183,20 @@ def run_trial(config: dict[str, Any]) -> None:
             tr.TAG_ROLE: trk["role"], tr.TAG_PARENT: trk["parent_run_id"]}
     run_id = _open_run(client, trk, run, trial_id=trial_id, key=key, tags=tags,
                        params={**cfg.to_dict(), "cell": key})
+    logged = _logged_epochs(client, run)
 
     def report(metrics: dict[str, Any], ckpt_dir: Path) -> None:
         epoch = int(metrics[tr.METRIC_EPOCH])
         now = int(time.time() * 1000)
         scalars = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        # MLflow first, then Tune: a crash in between repeats this epoch's MLflow values on
-        # restart (same step, same numbers) instead of losing them.
-        batch = [Metric(k, v, now, epoch) for k, v in scalars.items()]
-        for part in tr.chunks(batch, 1000):
-            tr.with_retries(client.log_batch, run_id, metrics=part)
+        # MLflow first, then Tune: a crash in between trains this epoch again on restart, and
+        # `logged` keeps its (identical) values from being logged a second time.
+        if epoch not in logged:
+            batch = [Metric(k, v, now, epoch) for k, v in scalars.items()]
+            for part in tr.chunks(batch, 1000):
+                tr.with_retries(client.log_batch, run_id, metrics=part)
+            logged.add(epoch)
         if epoch == cfg.epochs:
             for name in _CHECKPOINT_FILES:
                 tr.with_retries(client.log_artifact, run_id, str(Path(ckpt_dir) / name),
@@ -177,7 +210,8 @@ def run_trial(config: dict[str, Any]) -> None:
         with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume:
             if resume is not None:
                 log.info("trial %s resumes from %s", trial_id, resume)
-            train_model(cfg, resume_from=resume, report=report)
+            train_model(cfg, resume_from=resume, report=report,
+                        on_batch=_progress_writer(config.get("_fault"), trial_id=trial_id))
         status = "FINISHED"
     finally:
         tr.with_retries(client.set_terminated, run_id, status)
