@@ -29,8 +29,9 @@ metrics reached MLflow but before Tune kept its checkpoint (or a Tune state olde
 after a head or driver died) trains that epoch again, bit-identically, without logging it twice.
 
 ``_fault`` is a test-only switch: after reporting epoch ``after_epoch`` the trial fails once
-(``mode="raise"`` raises, ``mode="exit"`` kills the worker process), recorded by a marker file
-under ``marker_dir`` so the restarted trial runs through. ``mode="watch"`` never fails: the
+(``mode="raise"`` raises, ``mode="exit"`` kills the worker process; ``mode="exit-unreported"``
+kills it after the epoch's metrics reached MLflow but before Tune got its checkpoint), recorded
+by a marker file under ``marker_dir`` so the restarted trial runs through. ``mode="watch"`` never fails: the
 trial writes ``marker_dir/progress-<trial id>.json`` (its pid, epoch and batch) after every
 batch, so a test that kills it from outside can show where the kill landed. Real sweeps never
 set it.
@@ -125,16 +126,20 @@ def _report_finished(client: Any, run: Any, *, trial_id: str) -> bool:
     return True
 
 
-def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> None:
-    """TEST ONLY: fail once after epoch ``fault["after_epoch"]`` (see module docstring)."""
+def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int,
+                 reported: bool) -> None:
+    """TEST ONLY: fail once at epoch ``fault["after_epoch"]`` (see module docstring); called
+    before (``reported=False``) and after Tune got the epoch's checkpoint."""
     if not fault or fault.get("mode") == "watch" or epoch != int(fault["after_epoch"]):
+        return
+    if (fault.get("mode") == "exit-unreported") == reported:
         return
     marker = Path(fault["marker_dir"]) / f"fault-{trial_id}"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"failed after epoch {epoch}\n")
-    if fault.get("mode") == "exit":
+    if fault.get("mode") in ("exit", "exit-unreported"):
         os._exit(17)  # a hard crash: no finally, no MLflow end_run (the restart must cope)
     raise RuntimeError(f"injected test fault after epoch {epoch} (trial {trial_id})")
 
@@ -201,8 +206,9 @@ def run_trial(config: dict[str, Any]) -> None:
             for name in _CHECKPOINT_FILES:
                 tr.with_retries(client.log_artifact, run_id, str(Path(ckpt_dir) / name),
                                 tr.ARTIFACT_CHECKPOINT)
+        _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch, reported=False)
         tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
-        _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch)
+        _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch, reported=True)
 
     status = "FAILED"
     try:

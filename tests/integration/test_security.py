@@ -188,8 +188,8 @@ def test_authenticated_server_refuses_anonymous_requests_and_serves_the_sweep(
     assert_one_finished_run_per_cell(client, "it-auth", spec_cells(spec))
     # The experiment was created by the sweeps' user: the auth app made it its manager.
     exp = client.get_experiment_by_name("it-auth")
-    perm = requests.get(f"{server.url}/api/2.0/mlflow/experiments/permissions/get",
-                        params={"experiment_id": exp.experiment_id, "username": username},
-                        auth=admin, timeout=10)
+    perm = requests.get(f"{server.url}/api/3.0/mlflow/users/permissions/get",
+                        params={"username": username, "resource_type": "experiment",
+                                "resource_id": exp.experiment_id}, auth=admin, timeout=10)
     assert perm.status_code == 200, perm.text
-    assert perm.json()["experiment_permission"]["permission"] == "MANAGE", perm.json()
+    assert perm.json()["permission"] == "MANAGE", perm.json()
