@@ -8,6 +8,7 @@ sha256 in its meta.json).
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ class _BreakCheckpointUploads:
     def __call__(self, method: str, path: str) -> str:
         if method != "PUT" or not path.endswith(f"/{tr.ARTIFACT_CHECKPOINT}/model.safetensors"):
             return "pass"
-        run_id = path.split("/artifacts/")[1].split("/")[1]
+        run_id = re.search(r"/([0-9a-f]{32})/artifacts/", path).group(1)
         if self.transient is None:
             self.transient = run_id
         elif self.persistent is None and run_id != self.transient:
@@ -124,8 +125,12 @@ def test_checkpoint_upload_broken_mid_file_is_retried_or_fails_the_trial(live, h
     client, name = tr.make_client(proxy.url), "it-upload"
     # Bounded client retries, so the persistent fault ends the trial within a minute; Tune
     # does not retry it (max_failures 0): a failure must end FAILED, not FINISHED.
+    # The artifacts go through the tracking server too (it stores them, as a team server
+    # proxies S3): "mlflow-artifacts:" with no host resolves against the tracking URI.
+    proxied = "mlflow-artifacts:///"
     spec, job = submit_sweep(live, home, name, tracking_uri=proxy.url, epochs=1,
                              archs=("mlp",), epsilons=(0.0, 0.1), max_failures=0,
+                             artifact_location=proxied,
                              env_vars={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
     info = live.cluster.wait_job(job, timeout_s=420)

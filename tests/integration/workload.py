@@ -20,7 +20,8 @@ PY = sys.executable  # the venv's python, by full path (ray job submit runs in R
 
 def tiny_spec(path: Path, *, name: str, tracking_uri: str, storage: Path, epochs: int = 2,
               archs: tuple = ("mlp",), epsilons: tuple = (0.0, 0.1), seeds: tuple = (0,),
-              max_failures: int = 2, eval_size: int = 120, attack_steps: int = 2) -> Path:
+              max_failures: int = 2, eval_size: int = 120, attack_steps: int = 2,
+              artifact_location: str | None = None) -> Path:
     """Write a small sweep spec (digits, tiny final eval); return its path.
 
     ``attack_steps`` sets the cost of an adversarial epoch (about 0.15 s per step for the cnn
@@ -38,7 +39,8 @@ def tiny_spec(path: Path, *, name: str, tracking_uri: str, storage: Path, epochs
         "eval": {"attack_steps": 2, "final_steps": 3, "restarts": 1},
         "resources": {"cpu": 1, "gpu": 0},
         "max_failures": max_failures,
-        "tracking": {"uri": tracking_uri},
+        "tracking": {"uri": tracking_uri,
+                     **({"artifact_location": artifact_location} if artifact_location else {})},
         "storage": str(storage),
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
