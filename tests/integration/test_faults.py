@@ -114,6 +114,7 @@ def test_trial_worker_killed_inside_an_epoch_resumes_bit_identically(live, home)
         ref = _reference(run)
         if run.info.run_id == victim.info.run_id:
             assert 1 <= reached["batch"] < ref["batches"][2], (reached, ref["batches"])
+            print(f"killed at epoch 2, batch {reached['batch']} of {ref['batches'][2]}")
         got = _logged_weights(client, run)
         assert got.keys() == ref["weights"].keys(), cell
         for key, tensor in ref["weights"].items():
