@@ -73,6 +73,8 @@ def process_name(pid: int) -> str:
         return first
     base = os.path.basename(first)
     if base.startswith("python"):
+        if "-c" in argv[1:3]:
+            return "python:-c"
         script = next((a for a in argv[1:] if not a.startswith("-")), "")
         if "-m" in argv[1:3]:
             script = argv[argv.index("-m") + 1]

@@ -8,6 +8,7 @@ table these tests print (run with ``-rP`` to see it).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -31,8 +32,10 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 # Ray 2.60 has no option to bind these to one address: they listen on every interface, and only
-# the token (GCS, raylet, agents) or nothing (the metrics exporters) guards them. On a cluster
-# the security group must admit them from the cluster's own nodes only (docs/security.md).
+# the token (GCS, raylet, agents, every worker's and driver's gRPC server) or nothing (the
+# metrics exporters) guards them. On a cluster the security group must admit them from the
+# cluster's own nodes only (docs/security.md). `ray::<name>` workers and job drivers are
+# allowed on all interfaces too (their core-worker gRPC servers).
 RAY_WIDE = {"gcs_server", "raylet", "ray::DashboardAgent", "python:dashboard.py",
             "python:monitor.py"}
 # ... and these listen on loopback addresses only (127.0.0.1 or the node's 127.0.0.x address).
@@ -44,17 +47,44 @@ def _table(listeners) -> str:
                      for s in listeners)
 
 
-def test_every_listening_socket_of_the_cluster_is_accounted_for(live):
-    """Lists every TCP listener of both nodes' processes (GCS, raylet, agents, dashboard,
-    workers) and holds each to the documented class: loopback-only, or (Ray cannot restrict
-    it) all interfaces behind the token; the dashboard's HTTP port is loopback-only."""
+_HOLD = """
+import os, pathlib, time, ray
+ray.init()
+Hold = ray.remote(num_cpus=1)(type("Hold", (), {"pid": lambda self: os.getpid()}))
+holders = [Hold.remote() for _ in range(2)]
+ray.get([h.pid.remote() for h in holders])
+pathlib.Path(os.environ["HOLD_MARKER"]).write_text("up")
+time.sleep(600)
+"""
+
+
+def test_every_listening_socket_of_the_cluster_is_accounted_for(live, tmp_path):
+    """Lists every TCP listener of both nodes' processes (GCS, raylet, agents, dashboard, and
+    a running job's driver and actor workers) and holds each to the documented class:
+    loopback-only, or (Ray cannot restrict it) all interfaces behind the token; the
+    dashboard's HTTP port is loopback-only."""
     cluster = live.cluster
+    marker = tmp_path / "hold"
+    job = cluster.submit([PY, "-c", _HOLD], env_vars={"HOLD_MARKER": str(marker)})
+    try:
+        wait_for(marker.exists, timeout_s=180, what="a job holding one actor per node")
+        _inventory(cluster, drivers=cluster.job_driver_pids(job))
+    finally:
+        kill_pids(cluster.job_driver_pids(job))
+        cluster.wait_job(job, timeout_s=120)
+
+
+def _inventory(cluster, *, drivers: set[int]) -> None:
+    workers = set()
     for node in [cluster.head, *cluster.workers]:
-        listeners = listening_sockets(node.service.pids())
+        listeners = [dataclasses.replace(s, process="job driver") if s.pid in drivers else s
+                     for s in listening_sockets(node.service.pids())]
         print(f"{node.name} ({node.ip}):\n{_table(listeners)}")
         assert listeners, node.name
-        unknown = {s.process for s in listeners} - RAY_WIDE - RAY_LOOPBACK \
-            - {p for p in (s.process for s in listeners) if p.startswith("ray::")}
+        workers |= {s.process for s in listeners if s.process.startswith("ray::Hold")}
+        ray_workers = {s.process for s in listeners if s.process.startswith("ray::")}
+        unknown = {s.process for s in listeners} - RAY_WIDE - RAY_LOOPBACK - ray_workers \
+            - {"job driver"}
         assert not unknown, unknown
         for s in listeners:
             if s.process in RAY_LOOPBACK:
@@ -64,7 +94,8 @@ def test_every_listening_socket_of_the_cluster_is_accounted_for(live):
             assert dashboard and all(s.address == "127.0.0.1" for s in dashboard), dashboard
             assert {"gcs_server", "raylet"} <= {s.process for s in listeners}
         wide = {s.process for s in listeners if not s.loopback_only}
-        assert wide <= RAY_WIDE | {p for p in wide if p.startswith("ray::")}, wide
+        assert wide <= RAY_WIDE | ray_workers | {"job driver"}, wide
+    assert workers, "the actor workers' own listeners were not seen"
 
 
 def _make_ui(home: Path, port: int) -> subprocess.Popen:
