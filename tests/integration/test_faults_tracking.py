@@ -41,43 +41,42 @@ def _later_epochs_logged_after(client, running: dict[str, int], since_ms: int) -
         assert later and max(m.timestamp for m in later) >= since_ms, (run_id, seen)
 
 
-def test_mlflow_server_restarted_mid_sweep_loses_no_metric(live, home):
-    client, name = live.client(), "it-mlflowdown"
+def _outage_mid_sweep(live, home, name: str, outage) -> None:
+    """Run a 2-cell, 2-epoch sweep; once a trial is past epoch 1 in MLflow, call ``outage()``
+    (it returns when the service is back); then nothing may be lost or logged twice, and the
+    trials that were mid-run logged their later epochs after the outage began."""
+    client = live.client()
     spec, job = submit_sweep(live, home, name, epochs=2, archs=("cnn",), epsilons=(0.1, 0.2),
                              attack_steps=20)
     running = before_job_ends(live.cluster, job, _mid_epoch_1_of_2(client, name),
                               what="a trial past epoch 1 in MLflow")
     down_ms = int(time.time() * 1000)
-    live.mlflow.restart(down_s=2.0)  # SIGKILL, ~2 s down, then the ~6 s start-up
+    outage()
     assert live.cluster.job_info(job)["status"] == "RUNNING"  # the outage hit a live sweep
     finish(live.cluster, job)
 
     runs = assert_one_finished_run_per_cell(client, name, spec_cells(spec))
     for run in runs.values():
         assert_each_epoch_logged_once(client, run, 2)
-    # The MLflow client's bounded backoff retries held the calls until the server was back.
+    # The MLflow client's bounded backoff retries held the calls until the service was back.
     _later_epochs_logged_after(client, running, down_ms)
+
+
+def test_mlflow_server_restarted_mid_sweep_loses_no_metric(live, home):
+    _outage_mid_sweep(live, home, "it-mlflowdown",
+                      lambda: live.mlflow.restart(down_s=2.0))  # SIGKILL, 2 s down, ~6 s start
 
 
 def test_postgres_stopped_and_restarted_mid_sweep_loses_no_metric(live, home):
     """The tracking server's database goes away (fast shutdown: every connection dropped) for
     5 s while trials log; the server answers 500s meanwhile, the clients retry, and its
     connection pool reconnects once the database is back."""
-    client, name = live.client(), "it-pgdown"
-    spec, job = submit_sweep(live, home, name, epochs=2, archs=("cnn",), epsilons=(0.1, 0.2),
-                             attack_steps=20)
-    running = before_job_ends(live.cluster, job, _mid_epoch_1_of_2(client, name),
-                              what="a trial past epoch 1 in MLflow")
-    down_ms = int(time.time() * 1000)
-    live.postgres.restart(down_s=5.0)
-    assert live.mlflow.healthy()  # the server process itself stayed up
-    assert live.cluster.job_info(job)["status"] == "RUNNING"
-    finish(live.cluster, job)
 
-    runs = assert_one_finished_run_per_cell(client, name, spec_cells(spec))
-    for run in runs.values():
-        assert_each_epoch_logged_once(client, run, 2)
-    _later_epochs_logged_after(client, running, down_ms)
+    def outage() -> None:
+        live.postgres.restart(down_s=5.0)
+        assert live.mlflow.healthy()  # the server process itself stayed up
+
+    _outage_mid_sweep(live, home, "it-pgdown", outage)
 
 
 class _BreakCheckpointUploads:
