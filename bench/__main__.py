@@ -111,7 +111,8 @@ def _machine() -> str:
         model += f", {mem:.0f} GiB"
     except (OSError, StopIteration):
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}, python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()}, "
+            f"python {platform.python_version()}")
 
 
 if __name__ == "__main__":

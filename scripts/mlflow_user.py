@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     url = env["MLFLOW_TRACKING_URI"].rstrip("/")
     try:
         _wait_healthy(url, args.wait_s)
-        done = ensure_user(url, (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]),
+        admin = (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"])
+        done = ensure_user(url, admin,
                            (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]))
     except SystemExit as exc:
         print(exc, file=sys.stderr)

@@ -231,7 +231,8 @@ def _fingerprint(ctx: dict[str, Any]) -> tuple:
     files = {}
     for path in sorted(ctx["home"].rglob("*")):
         if path.is_file() and not path.name.endswith(_SKIP_SUFFIXES):
-            files[str(path.relative_to(ctx["home"]))] = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            files[str(path.relative_to(ctx["home"]))] = digest
     experiments = sorted(e.name for e in client.search_experiments())
     return experiments, sorted(runs), files
 

@@ -60,8 +60,8 @@ def _fake_module(monkeypatch, rows: list[dict]) -> None:
 def _rows(*met: bool | None) -> list[dict]:
     from bench._common import row
 
-    return [row(f"figure {i}", 1.0, "baseline", 2.0, 2.0, ">= 1.5x" if m is not None else "(context)",
-                m) for i, m in enumerate(met)]
+    return [row(f"figure {i}", 1.0, "baseline", 2.0, 2.0,
+                ">= 1.5x" if m is not None else "(context)", m) for i, m in enumerate(met)]
 
 
 def test_a_missed_target_makes_the_bench_exit_non_zero(tmp_path, monkeypatch, capsys):

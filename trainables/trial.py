@@ -31,10 +31,10 @@ after a head or driver died) trains that epoch again, bit-identically, without l
 ``_fault`` is a test-only switch: after reporting epoch ``after_epoch`` the trial fails once
 (``mode="raise"`` raises, ``mode="exit"`` kills the worker process; ``mode="exit-unreported"``
 kills it after the epoch's metrics reached MLflow but before Tune got its checkpoint), recorded
-by a marker file under ``marker_dir`` so the restarted trial runs through. ``mode="watch"`` never fails: the
-trial writes ``marker_dir/progress-<trial id>.json`` (its pid, epoch and batch) after every
-batch, so a test that kills it from outside can show where the kill landed. Real sweeps never
-set it.
+by a marker file under ``marker_dir`` so the restarted trial runs through. ``mode="watch"``
+never fails: the trial writes ``marker_dir/progress-<trial id>.json`` (its pid, epoch and
+batch) after every batch, so a test that kills it from outside can show where the kill landed.
+Real sweeps never set it.
 """
 
 from __future__ import annotations

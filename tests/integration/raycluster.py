@@ -207,7 +207,8 @@ class RayCluster:
     def tasks(self, name: str) -> list[dict]:
         """Task attempts named ``name`` (e.g. ``_PairWorker.run_tile``) from the state API, each
         with ``task_id``, ``attempt_number``, ``state`` and ``actor_id``."""
-        query = f"/api/v0/tasks?limit=10000&detail=true&filter_keys=name&filter_predicates=%3D&filter_values={name}"
+        query = ("/api/v0/tasks?limit=10000&detail=true&filter_keys=name"
+                 f"&filter_predicates=%3D&filter_values={name}")
         status, raw = self._request(query, timeout=20)
         if status != 200:
             raise RuntimeError(f"state API: HTTP {status}: {raw[:300]!r}")
