@@ -83,6 +83,10 @@ def _run(args) -> None:
                        progress=progress, epochs=epochs)
     print(f"analysed {len(res.models)} models of sweep {res.sweep!r}: {res.new_rows} new pair "
           f"results ({res.total_rows} stored, {res.error_rows} errors) in {res.wall_s:.1f} s")
+    if args.actors > 0:  # what the Ray engine survived (the fault tests read this line)
+        print(f"engine: {res.stats.get('pairs', 0)} pairs on {args.actors} actors, "
+              f"{res.stats.get('restarts', 0)} actor restart(s), "
+              f"{res.stats.get('requeued_tiles', 0)} re-queued tile(s)")
     for key, why in res.skipped.items():
         print(f"  skipped {why} [{key}]")
     print(f"table: {res.pairs_path}")

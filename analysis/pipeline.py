@@ -50,14 +50,15 @@ from analysis.inputs import (
     models_frame,
     parse_input_set,
     quiet_downloads,
+    trial_run_of,
 )
 from analysis.measures import MEASURES, MeasureInputError, get_measure
 from analysis.report import build_report
 from trainables import tracking as tr
-from trainables.errors import ConfigError, UserError
+from trainables.errors import ConfigError, DataError, UserError
 
 __all__ = ["AnalysisResult", "run_analysis", "run_report", "report_dir", "check_specs_fit",
-           "ensure_ray"]
+           "check_table_belongs", "ensure_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +150,13 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
     if not disc.models:
         raise UserError(f"sweep {sweep!r} has no finished model with a checkpoint to analyse\n"
                         + disc.describe())
+    out_dir = report_dir(sweep, home)
+    store = ResultStore(out_dir / "pairs.parquet")
+    check_table_belongs(store.load(), store.path, sweep,
+                        {m.run_id for m in disc.models} | {s.run_id for s in disc.skipped})
     bases = load_eval_sets(disc.models, data_root=data_root, eval_size=eval_size,
                            data_seed=data_seed)
     check_specs_fit(specs, isets, bases)  # before anything is written
-    out_dir = report_dir(sweep, home)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = ensure_ray(actors)
     try:
@@ -161,7 +165,6 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
                                        use_ray=actors > 0, progress=progress)
         label = {m.run_id: m.label for m in disc.models}
         skipped.update({k: f"{label.get(k, k)}: {v}" for k, v in failures.items()})
-        store = ResultStore(out_dir / "pairs.parquet")
         new_rows, stats = _compute(blocks, specs, store, actors=actors,
                                    retry_errors=retry_errors, progress=progress)
     finally:
@@ -192,6 +195,25 @@ def _merge_models(path: Path, models: Sequence[ModelRef]) -> None:
         old = pd.read_parquet(path)
         frame = pd.concat([old[~old["run_id"].isin(frame["run_id"])], frame], ignore_index=True)
     frame.to_parquet(path, index=False)
+
+
+def check_table_belongs(table, path: Path, sweep: str, run_ids: set[str]) -> None:
+    """Refuse a result table holding models that are not runs of ``sweep`` (``run_ids``).
+
+    Such a table was written for another sweep (or another tracking store with a sweep of the
+    same name, under the same ``UNISWEEP_HOME``): appending to it, or reporting from it, would
+    mix two experiments.
+
+    Raises:
+        UserError: naming the file, the sweep, how many models are foreign and one of them.
+    """
+    ids = set(table["model_a"]) | set(table["model_b"])
+    foreign = sorted(i for i in ids if i not in run_ids and trial_run_of(i) not in run_ids)
+    if foreign:
+        raise UserError(f"{path} holds results for {len(foreign)} model(s) that are not runs of "
+                        f"sweep {sweep!r} (e.g. {foreign[0]}): it belongs to another sweep or "
+                        f"tracking store; allowed: the table of this sweep (move that one away, "
+                        f"or set UNISWEEP_HOME to another folder)")
 
 
 def _specs(measures: Sequence[str | MeasureSpec] | None) -> list[MeasureSpec]:
@@ -333,7 +355,11 @@ def _log_analysis(uri: str, disc: Discovery, result: AnalysisResult, specs, inpu
                              Metric("analysis/pairs", result.total_rows, now, 0),
                              Metric("analysis/error_rows", result.error_rows, now, 0),
                              Metric("analysis/new_rows", result.new_rows, now, 0),
-                             Metric("analysis/wall_s", result.wall_s, now, 0)])
+                             Metric("analysis/wall_s", result.wall_s, now, 0),
+                             Metric("analysis/actor_restarts", result.stats.get("restarts", 0),
+                                    now, 0),
+                             Metric("analysis/requeued_tiles",
+                                    result.stats.get("requeued_tiles", 0), now, 0)])
     d = result.report_dir
     for path in (d / "pairs.parquet", d / "models.parquet", d / "skipped.json"):
         tr.with_retries(client.log_artifact, run_id, str(path), "analysis")
@@ -342,29 +368,59 @@ def _log_analysis(uri: str, disc: Discovery, result: AnalysisResult, specs, inpu
     return run_id
 
 
+def _check_report_inputs(out_dir: Path, sweep: str):
+    """The files the report reads are there, readable and of one sweep (checked before the
+    report writes anything); returns the result table."""
+    pairs = ResultStore(out_dir / "pairs.parquet").load()
+    models_path = out_dir / "models.parquet"
+    if not models_path.is_file():
+        raise UserError(f"{models_path} is missing (the analysis writes it next to "
+                        f"pairs.parquet); run `python -m analysis run {sweep}` again to rewrite it")
+    try:
+        models = pd.read_parquet(models_path, columns=["run_id"])
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{models_path}: not a readable models table ({exc}); run "
+                        f"`python -m analysis run {sweep}` again to rewrite it") from exc
+    skipped_path = out_dir / "skipped.json"
+    try:
+        skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{skipped_path}: not valid JSON ({exc}); run `python -m analysis run "
+                        f"{sweep}` again to rewrite it") from exc
+    check_table_belongs(pairs, out_dir / "pairs.parquet", sweep,
+                        set(models["run_id"]) | set(skipped))
+    return pairs
+
+
 def run_report(sweep: str, *, home: str | os.PathLike | None = None,
                tracking_uri: str | None = None, log_mlflow: bool = True,
                seed: int = 0) -> Path:
     """Build the report of an analysed sweep from its table + run metadata; returns the HTML.
 
     Raises:
-        UserError: the sweep has not been analysed yet (no ``pairs.parquet``).
+        UserError: the sweep has not been analysed yet (no ``pairs.parquet``), its files are
+            missing or unreadable, or the table holds models of another sweep.
     """
     out_dir = report_dir(sweep, home)
     if not (out_dir / "pairs.parquet").exists():
         raise UserError(f"no analysis of sweep {sweep!r} at {out_dir}/pairs.parquet; "
                         f"run `python -m analysis run {sweep}` first")
-    html = build_report(out_dir, sweep=sweep, seed=seed)
+    pairs = _check_report_inputs(out_dir, sweep)
+    client = exp = None
     if log_mlflow:
-        uri = tr.resolve_tracking_uri(tracking_uri, home)
-        client = tr.make_client(uri)
+        client = tr.make_client(tr.resolve_tracking_uri(tracking_uri, home))
         exp = tr.with_retries(client.get_experiment_by_name, sweep)
-        if exp is not None:
-            run_id = _analysis_run(client, sweep, exp.experiment_id)
-            for path in sorted(out_dir.glob("report/*")):
-                tr.with_retries(client.log_artifact, run_id, str(path), "report")
-            tr.with_retries(client.set_terminated, run_id, "FINISHED")
-            _note_report(client, exp, sweep, html)
+    if exp is not None:  # the table's models must be this sweep's trial runs in this store
+        trials = tr.search_sweep_runs(client, exp.experiment_id, sweep=sweep, role="trial")
+        check_table_belongs(pairs, out_dir / "pairs.parquet", sweep,
+                            {r.info.run_id for r in trials})
+    html = build_report(out_dir, sweep=sweep, seed=seed)
+    if exp is not None:
+        run_id = _analysis_run(client, sweep, exp.experiment_id)
+        for path in sorted(out_dir.glob("report/*")):
+            tr.with_retries(client.log_artifact, run_id, str(path), "report")
+        tr.with_retries(client.set_terminated, run_id, "FINISHED")
+        _note_report(client, exp, sweep, html)
     return html
 
 

@@ -32,7 +32,9 @@ class FaultSwitch:
 
     ``mode="raise"`` raises inside the trial; ``mode="exit"`` kills its worker with
     ``os._exit`` (a hard crash). ``marker_dir`` records which trials already failed, so each
-    fails exactly once. Never set in real sweeps.
+    fails exactly once. ``mode="watch"`` never fails: each trial writes its progress (pid,
+    epoch, batch) under ``marker_dir`` for a test that kills it from outside. Never set in real
+    sweeps.
     """
 
     after_epoch: int

@@ -43,3 +43,47 @@ def test_unknown_module_is_refused_with_the_known_names(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "bench_nope" in proc.stderr and "bench_training" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def _fake_module(monkeypatch, rows: list[dict]) -> None:
+    """A benchmark module `bench.bench_fake` whose run() returns ``rows``, registered for --only."""
+    import types
+
+    import bench.__main__ as front
+
+    module = types.ModuleType("bench.bench_fake")
+    module.run = lambda quick=False: [dict(r) for r in rows]
+    monkeypatch.setitem(sys.modules, "bench.bench_fake", module)
+    monkeypatch.setattr(front, "MODULES", (*front.MODULES, "bench_fake"))
+
+
+def _rows(*met: bool | None) -> list[dict]:
+    from bench._common import row
+
+    return [row(f"figure {i}", 1.0, "baseline", 2.0, 2.0,
+                ">= 1.5x" if m is not None else "(context)", m) for i, m in enumerate(met)]
+
+
+def test_a_missed_target_makes_the_bench_exit_non_zero(tmp_path, monkeypatch, capsys):
+    from bench.__main__ import main
+
+    out = tmp_path / "r.json"
+    _fake_module(monkeypatch, _rows(True, None, False))
+    assert main(["--only", "bench_fake", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "MISSED: figure 2" in printed and "1 missed" in printed
+    assert json.loads(out.read_text())["rows"][2]["met"] is False  # saved even on a miss
+    # --quick: the same miss is reported but does not fail the smoke run
+    assert main(["--quick", "--only", "bench_fake", "--out", str(out)]) == 0
+    assert "MISSED: figure 2" in capsys.readouterr().out
+
+
+def test_all_targets_met_or_context_exits_zero_and_records_the_machine(tmp_path, monkeypatch):
+    from bench.__main__ import main
+
+    out = tmp_path / "r.json"
+    _fake_module(monkeypatch, _rows(True, None, True))
+    assert main(["--only", "bench_fake", "--out", str(out)]) == 0
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["quick"] is False and "cores" in meta["machine"] and meta["date"]
+    assert set(meta["load_avg_1min"]) == {"start", "end"}

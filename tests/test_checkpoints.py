@@ -133,3 +133,47 @@ def test_truncated_train_state(saved):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="train_state.safetensors: not a valid safetensors"):
         load_train_state(saved[0])
+
+
+def _flip_tensor_byte(path: Path, offset: int = 17) -> None:
+    """Flip one bit of a byte inside the tensor data (past the 8-byte length + JSON header)."""
+    raw = bytearray(path.read_bytes())
+    header = int.from_bytes(raw[:8], "little")
+    pos = 8 + header + offset
+    assert pos < len(raw), "file too small to hold tensor data"
+    raw[pos] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_meta_records_the_sha256_of_every_tensor_file(saved):
+    from trainables.checkpoints import file_sha256
+
+    d = saved[0]
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["sha256"] == {"model.safetensors": file_sha256(d / "model.safetensors"),
+                              "train_state.safetensors": file_sha256(d / "train_state.safetensors")}
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "train_state.safetensors"])
+def test_one_flipped_byte_in_the_tensor_data_is_caught_by_the_checksum(saved, target):
+    from safetensors.torch import load as parse
+
+    d = saved[0]
+    _flip_tensor_byte(d / target)
+    parse((d / target).read_bytes())  # still a well-formed file: only the checksum can tell
+    with pytest.raises(CheckpointError) as err:
+        load_train_state(d) if target.startswith("train_state") else load_checkpoint(d)
+    message = str(err.value)
+    assert target in message and "sha256" in message and "meta.json" in message, message
+
+
+def test_a_checkpoint_without_checksums_is_refused(saved):
+    d = saved[0]
+    meta_path = d / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"sha256": {}}))
+    with pytest.raises(CheckpointError, match="model.safetensors: meta.json records no sha256"):
+        load_checkpoint(d)
+    meta_path.write_text(json.dumps(meta | {"format_version": 1}))
+    with pytest.raises(CheckpointError, match="format_version 1 is not supported; allowed: 2"):
+        load_checkpoint(d)

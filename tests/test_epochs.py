@@ -160,3 +160,6 @@ def test_pairs_per_epoch_are_items_of_the_table_and_the_report_plots_them(store)
     assert "Over training: clean inputs" in page and page.count("vs_epoch_digits_clean") >= 1
     # The page's other sections show the final models only.
     assert pd.read_csv(rdir / "summary.csv")["n"].sum() == 2 * 6
+    # A later analysis of the final models only accepts the table's epoch items as this sweep's.
+    again = run_analysis(SWEEP, tracking_uri=uri, home=home, measures=["linear_cka"], actors=0)
+    assert again.new_rows == 0 and again.total_rows == res.total_rows

@@ -4,19 +4,24 @@ A checkpoint directory holds
 
 - `model.safetensors`: the `UniModel` state dict (Normalize buffers included);
 - `meta.json`: everything needed to rebuild the model with `build_model` plus provenance
-  (the keys of `META_KEYS`, see docs/architecture.md);
+  (the keys of `META_KEYS`, see docs/architecture.md), and ``sha256``: the SHA-256 of each
+  tensor file of the directory, verified on every load;
 - optionally `train_state.safetensors` + `train_state.json`: the resumable training state.
   Any nested structure of dicts/lists/scalars/tensors/bytes is stored: tensors go to the
   safetensors file under generated keys, everything else to JSON. Dicts with non-string keys
   (optimizer state is keyed by parameter index) and bytes are tagged so they round-trip
   exactly; tuples come back as lists.
 
-Every problem on load raises `CheckpointError` naming the file.
+Every problem on load raises `CheckpointError` naming the file: a missing, truncated, pickled
+or unparsable file, and a tensor file whose bytes no longer match the SHA-256 recorded in
+`meta.json` (a flipped bit inside the tensor data parses fine; only the checksum sees it).
+`meta.json` is written last, so it only ever describes tensor files that are complete.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -24,21 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from trainables.errors import CheckpointError, ConfigError
 from trainables.models import UniModel, build_model
 
-__all__ = ["FORMAT_VERSION", "META_KEYS", "load_checkpoint", "load_train_state",
+__all__ = ["FORMAT_VERSION", "META_KEYS", "file_sha256", "load_checkpoint", "load_train_state",
            "save_checkpoint", "versions"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json carries the sha256 of each tensor file
 MODEL_FILE, META_FILE = "model.safetensors", "meta.json"
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 META_KEYS = ("arch", "width", "num_classes", "in_channels", "image_size", "mean", "std",
              "dataset", "threat_model", "eps", "seed", "epoch", "epochs", "metrics", "data_hash",
-             "versions", "format_version")
+             "versions", "format_version", "sha256")
 _MODEL_KEYS = META_KEYS[:7]
 # First bytes of formats we refuse: pickle protocol >= 2, and torch.save's zip container.
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
@@ -80,22 +85,33 @@ def save_checkpoint(directory: str | os.PathLike[str], model: UniModel, meta: di
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(d / MODEL_FILE), metadata={"format": "pt"})
-    full = {k: None for k in META_KEYS}
-    full.update(meta)
-    full.update(arch=model.arch, width=model.width, num_classes=model.num_classes,
-                in_channels=model.in_channels, image_size=model.image_size,
-                mean=list(model.norm_mean), std=list(model.norm_std),
-                versions=versions(), format_version=FORMAT_VERSION)
-    try:
-        _write_json(d / META_FILE, full)
-    except TypeError as e:
-        raise ConfigError(f"checkpoint meta must be JSON-serialisable: {e}") from e
+    hashes = {MODEL_FILE: file_sha256(d / MODEL_FILE)}
     if train_state is not None:
         store: dict[str, torch.Tensor] = {}
         tree = _encode(train_state, store)
         save_file(store, str(d / STATE_TENSORS), metadata={"format": "pt"})
         _write_json(d / STATE_JSON, tree)
+        hashes[STATE_TENSORS] = file_sha256(d / STATE_TENSORS)
+    full = {k: None for k in META_KEYS}
+    full.update(meta)
+    full.update(arch=model.arch, width=model.width, num_classes=model.num_classes,
+                in_channels=model.in_channels, image_size=model.image_size,
+                mean=list(model.norm_mean), std=list(model.norm_std),
+                versions=versions(), format_version=FORMAT_VERSION, sha256=hashes)
+    try:  # last: meta.json only ever names tensor files that are complete
+        _write_json(d / META_FILE, full)
+    except TypeError as e:
+        raise ConfigError(f"checkpoint meta must be JSON-serialisable: {e}") from e
     return d
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _encode(obj: Any, store: dict[str, torch.Tensor]) -> Any:
@@ -141,19 +157,36 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_tensors(path: Path, expected_sha256: object) -> dict[str, torch.Tensor]:
+    """Parse a safetensors file (refusing pickles) and verify its bytes against the SHA-256
+    recorded in meta.json."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+    data = path.read_bytes()
+    if data.startswith(_PICKLE_MAGIC):
         raise CheckpointError(f"{path}: looks like a pickle / torch.save file; only safetensors "
                               "is accepted (pickles can run code and are never loaded)")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+        tensors = load_safetensors(data)
     except Exception as e:  # safetensors raises its own error types for every malformation
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
+    if not isinstance(expected_sha256, str):
+        raise CheckpointError(f"{path}: meta.json records no sha256 for {path.name}; allowed: "
+                              f"a checkpoint written by save_checkpoint (format {FORMAT_VERSION})")
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected_sha256:
+        raise CheckpointError(f"{path}: sha256 {got[:16]}... does not match {expected_sha256[:16]}"
+                              f"... recorded in meta.json: the file is corrupt or was changed "
+                              f"after it was written")
+    return tensors
+
+
+def _recorded_hashes(meta: dict, meta_path: Path) -> dict:
+    hashes = meta.get("sha256")
+    if not isinstance(hashes, dict):
+        raise CheckpointError(f"{meta_path}: sha256 must be a mapping file name -> hex digest, "
+                              f"got {hashes!r}")
+    return hashes
 
 
 def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[UniModel, dict]:
@@ -188,7 +221,7 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[UniModel, dict]:
                             width=meta["width"], mean=meta["mean"], std=meta["std"])
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{meta_path}: cannot rebuild the model ({e})") from e
-    tensors = _read_tensors(model_path)
+    tensors = _read_tensors(model_path, _recorded_hashes(meta, meta_path).get(MODEL_FILE))
     expected = model.state_dict()
     wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
     lost, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -208,11 +241,16 @@ def load_train_state(directory: str | os.PathLike[str]) -> dict:
         The nested dict as saved (tensors on the CPU, tuples as lists).
 
     Raises:
-        CheckpointError: a missing or malformed train-state file, named.
+        CheckpointError: a missing or malformed train-state file (or meta.json, which holds
+            its checksum), named.
     """
     d = Path(directory)
     tree = _read_json(d / STATE_JSON)
-    tensors = _read_tensors(d / STATE_TENSORS)
+    meta = _read_json(d / META_FILE)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{d / META_FILE}: expected a JSON object")
+    tensors = _read_tensors(d / STATE_TENSORS,
+                            _recorded_hashes(meta, d / META_FILE).get(STATE_TENSORS))
     state = _decode(tree, tensors, d / STATE_JSON)
     if not isinstance(state, dict):
         raise CheckpointError(f"{d / STATE_JSON}: expected a JSON object")

@@ -41,6 +41,7 @@ __all__ = ["TrainResult", "train_model", "main"]
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict, Path], None]
+OnBatch = Callable[[int, int], None]  # (epoch, batch), both 1-based, after each optimizer step
 PROG = "python -m trainables.train"
 
 
@@ -98,11 +99,12 @@ def _batches(bundle: DatasetBundle, cfg: TrainConfig, gen: torch.Generator,
 
 
 def _train_epoch(model: UniModel, opt, sched, bundle: DatasetBundle, cfg: TrainConfig,
-                 gen: torch.Generator, device: torch.device, step_size: float) -> dict:
+                 gen: torch.Generator, device: torch.device, step_size: float,
+                 on_batch: Callable[[int], None] | None = None) -> dict:
     """One pass over the training set (PGD examples when eps > 0); the schedule steps after."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for xb, yb in _batches(bundle, cfg, gen, device):
+    for batch, (xb, yb) in enumerate(_batches(bundle, cfg, gen, device), start=1):
         if cfg.eps > 0:
             xb = pgd(model, xb, yb, norm=cfg.threat_model, eps=cfg.eps, step_size=step_size,
                      steps=cfg.attack_steps, random_start=True, generator=gen)
@@ -114,6 +116,8 @@ def _train_epoch(model: UniModel, opt, sched, bundle: DatasetBundle, cfg: TrainC
         loss_sum += float(loss.detach()) * len(yb)
         correct += int((logits.argmax(1) == yb).sum())
         seen += len(yb)
+        if on_batch is not None:
+            on_batch(batch)
     lr = opt.param_groups[0]["lr"]
     if sched is not None:
         sched.step()
@@ -142,7 +146,7 @@ def _report(report: Report, model: UniModel, meta: dict, metrics: dict, train_st
 
 
 def train_model(cfg: TrainConfig, *, resume_from: str | Path | None = None,
-                report: Report | None = None) -> TrainResult:
+                report: Report | None = None, on_batch: OnBatch | None = None) -> TrainResult:
     """Train (and evaluate) one model as configured; see the module docstring.
 
     Args:
@@ -153,6 +157,8 @@ def train_model(cfg: TrainConfig, *, resume_from: str | Path | None = None,
             fresh temporary folder deleted after `report` returns; copy what you keep. The last
             epoch's metrics include the `final/*` strong evaluation. No checkpoints are
             written when `report` is None.
+        on_batch: called as ``on_batch(epoch, batch)`` after every optimizer step (progress;
+            the fault tests use it to show where a crash landed).
 
     Returns:
         `TrainResult` (model, final metrics, per-epoch history, checkpoint meta).
@@ -192,8 +198,9 @@ def train_model(cfg: TrainConfig, *, resume_from: str | Path | None = None,
                 config=cfg.to_dict())
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
+        step = None if on_batch is None else (lambda b, e=epoch + 1: on_batch(e, b))
         metrics = {"epoch": epoch + 1,
-                   **_train_epoch(model, opt, sched, bundle, cfg, gen, device, step_size)}
+                   **_train_epoch(model, opt, sched, bundle, cfg, gen, device, step_size, step)}
         train_s = time.perf_counter() - t0
         metrics["time/epoch_s"] = train_s
         metrics.update(epoch_metrics(model, bundle, cfg, device, epoch=epoch))

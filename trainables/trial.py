@@ -26,16 +26,24 @@ checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `ch
 
 A trial whose run is already FINISHED with its checkpoint logged (the driver died after the
 trial ended but before Tune saved that) is never trained again: it reports the run's final
-metrics with the logged checkpoint, so Tune marks it done, and writes nothing to the run.
+metrics with the logged checkpoint, so Tune marks it done, and writes nothing to the run. A
+trial that continues its run never logs an epoch the run already has: a crash after an epoch's
+metrics reached MLflow but before Tune kept its checkpoint (or a Tune state older than MLflow,
+after a head or driver died) trains that epoch again, bit-identically, without logging it twice.
 
 ``_fault`` is a test-only switch: after reporting epoch ``after_epoch`` the trial fails once
-(``mode="raise"`` raises, ``mode="exit"`` kills the worker process), recorded by a marker file
-under ``marker_dir`` so the restarted trial runs through. Real sweeps never set it.
+(``mode="raise"`` raises, ``mode="exit"`` kills the worker process; ``mode="exit-unreported"``
+kills it after the epoch's metrics reached MLflow but before Tune got its checkpoint), recorded
+by a marker file under ``marker_dir`` so the restarted trial runs through. ``mode="watch"``
+never fails: the trial writes ``marker_dir/progress-<trial id>.json`` (its pid, epoch and
+batch) after every batch, so a test that kills it from outside can show where the kill landed.
+Real sweeps never set it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -148,18 +156,45 @@ class _EpochCheckpoints:
                 return
 
 
-def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> None:
-    """TEST ONLY: fail once after epoch ``fault["after_epoch"]`` (see module docstring)."""
-    if not fault or epoch != int(fault["after_epoch"]):
+def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int,
+                 reported: bool) -> None:
+    """TEST ONLY: fail once at epoch ``fault["after_epoch"]`` (see module docstring); called
+    before (``reported=False``) and after Tune got the epoch's checkpoint."""
+    if not fault or fault.get("mode") == "watch" or epoch != int(fault["after_epoch"]):
+        return
+    if (fault.get("mode") == "exit-unreported") == reported:
         return
     marker = Path(fault["marker_dir"]) / f"fault-{trial_id}"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"failed after epoch {epoch}\n")
-    if fault.get("mode") == "exit":
+    if fault.get("mode") in ("exit", "exit-unreported"):
         os._exit(17)  # a hard crash: no finally, no MLflow end_run (the restart must cope)
     raise RuntimeError(f"injected test fault after epoch {epoch} (trial {trial_id})")
+
+
+def _progress_writer(fault: dict[str, Any] | None, *, trial_id: str):
+    """TEST ONLY (``mode="watch"``): ``on_batch`` writing where the trial is, else None."""
+    if not fault or fault.get("mode") != "watch":
+        return None
+    path = Path(fault["marker_dir"]) / f"progress-{trial_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_batch(epoch: int, batch: int) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "epoch": epoch, "batch": batch}))
+        os.replace(tmp, path)  # a reader never sees half a file
+
+    return on_batch
+
+
+def _logged_epochs(client: Any, run: Any) -> set[int]:
+    """The epochs ``run`` already holds metrics for (none for a new run)."""
+    if run is None:
+        return set()
+    history = tr.with_retries(client.get_metric_history, run.info.run_id, tr.METRIC_EPOCH)
+    return {int(m.step) for m in history}
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -184,6 +219,7 @@ def run_trial(config: dict[str, Any]) -> None:
     name = tr.trial_run_name(cfg.arch, cfg.width, cfg.threat_model, cfg.eps, cfg.seed)
     run_id = _open_run(client, trk, run, trial_id=trial_id, name=name, tags=tags,
                        params={**cfg.to_dict(), "cell": key})
+    logged = _logged_epochs(client, run)
 
     keep_epochs = _EpochCheckpoints(client, run_id, keep=cfg.keep_checkpoints)
 
@@ -192,17 +228,20 @@ def run_trial(config: dict[str, Any]) -> None:
         now = int(time.time() * 1000)
         scalars = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        # MLflow first, then Tune: a crash in between repeats this epoch's MLflow values on
-        # restart (same step, same numbers) instead of losing them.
-        batch = [Metric(k, v, now, epoch) for k, v in scalars.items()]
-        for part in tr.chunks(batch, 1000):
-            tr.with_retries(client.log_batch, run_id, metrics=part)
+        # MLflow first, then Tune: a crash in between trains this epoch again on restart, and
+        # `logged` keeps its (identical) values from being logged a second time.
+        if epoch not in logged:
+            batch = [Metric(k, v, now, epoch) for k, v in scalars.items()]
+            for part in tr.chunks(batch, 1000):
+                tr.with_retries(client.log_batch, run_id, metrics=part)
+            logged.add(epoch)
         if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
             keep_epochs.log(ckpt_dir, epoch)  # the last epoch's weights are checkpoint/
         if epoch == cfg.epochs:
             _log_files(client, run_id, ckpt_dir, tr.ARTIFACT_CHECKPOINT)
+        _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch, reported=False)
         tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
-        _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch)
+        _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch, reported=True)
 
     status = "FAILED"
     try:
@@ -210,7 +249,8 @@ def run_trial(config: dict[str, Any]) -> None:
         with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume:
             if resume is not None:
                 log.info("trial %s resumes from %s", trial_id, resume)
-            train_model(cfg, resume_from=resume, report=report)
+            train_model(cfg, resume_from=resume, report=report,
+                        on_batch=_progress_writer(config.get("_fault"), trial_id=trial_id))
         status = "FINISHED"
     finally:
         tr.with_retries(client.set_terminated, run_id, status)

@@ -2,13 +2,16 @@
 artifacts, prepare its state, compare two states, and turn the outcome into a result row.
 
 Failures never raise here: a failed prepare is a state ``{"__error__": msg}``, a failed compare
-an error message, and either becomes a row with ``status="error"`` (STYLE rule 15).
+an error message, and either becomes a row with ``status="error"`` (STYLE rule 15). The one
+exception is a cached artifacts file that cannot be read: that is no property of the pair but of
+the cache, so ``load_item`` stops the run with a ``DataError`` naming the file.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ import numpy as np
 from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
 from analysis.measures import Measure, get_measure
+from trainables.errors import DataError
 
 __all__ = ["EngineStats", "Rows", "Sink", "Progress", "Items", "measure_arrays", "load_item",
            "prepare_state", "compare_pair", "has_block", "result_row", "error_text", "emit_rows"]
@@ -55,8 +59,14 @@ def load_item(source: Mapping[str, np.ndarray] | str | os.PathLike) -> Mapping[s
     """An item's arrays: given as a mapping, or read from its cached ``.npz`` (no pickle)."""
     if isinstance(source, Mapping):
         return source
-    with np.load(Path(source), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    path = Path(source)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: cannot read cached model artifacts ({type(exc).__name__}: "
+                        f"{exc}); allowed: an .npz the analysis wrote (delete this one and run "
+                        f"the analysis again to recompute it)") from exc
 
 
 def result_row(t: PairTask, spec: MeasureSpec, value: float | None, error: str,

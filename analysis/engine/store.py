@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainables.errors import DataError
+
 __all__ = [
     "COLUMNS",
     "KEY",
@@ -101,10 +103,20 @@ class ResultStore:
         self.path = Path(path)
 
     def load(self) -> pd.DataFrame:
-        """All rows (an empty frame with the schema if the file does not exist yet)."""
+        """All rows (an empty frame with the schema if the file does not exist yet).
+
+        Raises:
+            DataError: the file is not a readable result table (truncated, not parquet, other
+                columns); the file is left as it is.
+        """
         if not self.path.exists():
             return _empty()
-        return _normalise(pd.read_parquet(self.path))
+        try:
+            return _normalise(pd.read_parquet(self.path))
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{self.path}: not a readable result table ({exc}); allowed: a "
+                            f"pairs.parquet written by `python -m analysis run` (move this one "
+                            f"away to recompute it)") from exc
 
     def keys(self) -> set[tuple[str, ...]]:
         """The keys already stored (tuples in ``KEY`` order)."""

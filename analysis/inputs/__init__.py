@@ -23,7 +23,7 @@ from analysis.inputs.discovery import (
     models_frame,
     quiet_downloads,
 )
-from analysis.inputs.epochs import Epochs, at_epochs, parse_epochs
+from analysis.inputs.epochs import Epochs, at_epochs, parse_epochs, trial_run_of
 from analysis.inputs.eval_set import check_data_hash, load_eval_set, load_eval_sets
 from analysis.inputs.extract import LAYER, ArtifactCache, Block, extract_all, forward_artifacts
 from analysis.inputs.inversion import (
@@ -53,7 +53,7 @@ from analysis.inputs.sets import (
 __all__ = [
     # discovery
     "ModelRef", "SkippedRun", "Discovery", "discover_models", "load_model",
-    "download_checkpoint", "models_frame", "quiet_downloads", "Epochs", "at_epochs",
+    "download_checkpoint", "models_frame", "quiet_downloads", "Epochs", "at_epochs", "trial_run_of",
     "parse_epochs",
     # eval set and input sets
     "EvalSet", "InputSet", "array_hash", "load_eval_set", "load_eval_sets", "check_data_hash",

@@ -12,6 +12,7 @@ groups them by dataset and epoch).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -19,9 +20,17 @@ from analysis.inputs.discovery import Discovery, ModelRef, SkippedRun, read_meta
 from trainables import tracking as tr
 from trainables.errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["Epochs", "at_epochs", "parse_epochs"]
+__all__ = ["Epochs", "at_epochs", "parse_epochs", "trial_run_of"]
 
 Epochs = Sequence[int] | Literal["all"]
+
+_EPOCH_ID = re.compile(r"_epoch\d{3,}$")
+
+
+def trial_run_of(model_id: str) -> str:
+    """The trial's MLflow run id of a pair-table model id (an epoch item's id without
+    ``_epoch<XXX>``)."""
+    return _EPOCH_ID.sub("", model_id)
 
 
 def parse_epochs(text: str, *, field: str = "--epoch") -> Epochs:

@@ -39,17 +39,27 @@ def load_eval_sets(models: Sequence[ModelRef], *, data_root: str | None = None,
     """Each dataset's eval set, drawn with the options its trials used (``ModelRef.data``).
 
     The options come from the trial runs (MLflow params, else ``meta.json``), so a user passes
-    nothing; ``data_root`` / ``eval_size`` / ``data_seed`` override them. The hash must equal the
-    ``data_hash`` most of the dataset's models were evaluated on.
+    nothing; ``data_root`` / ``eval_size`` / ``data_seed`` override them and so choose one eval
+    set where a dataset's models were evaluated on several (models on the others are then
+    refused one by one, ``check_data_hash``).
 
     Raises:
-        DataError: the eval set drawn has another hash than the models' (names both and the
-            flags to pass).
+        DataError: a dataset's models were evaluated on different eval sets and no override
+            chose one, or the eval set drawn matches none of the models (names the hashes and
+            the flags to pass).
     """
+    overridden = data_root is not None or eval_size is not None or data_seed is not None
     bases = {}
     for dataset in sorted({m.dataset for m in models}):
         group = [m for m in models if m.dataset == dataset]
-        expected, _ = Counter(m.data_hash for m in group).most_common(1)[0]
+        counts = Counter(m.data_hash for m in group)
+        if len(counts) > 1 and not overridden:
+            raise DataError(
+                f"the {dataset} models of this analysis were evaluated on {len(counts)} "
+                f"different eval sets ({_describe(group, counts)}); their features are not "
+                f"comparable: pass --eval-size/--data-seed/--data-root to choose one (the models "
+                f"evaluated on the others are then skipped)")
+        expected = counts.most_common(1)[0][0]
         first = next(m for m in group if m.data_hash == expected)
         opts = dict(first.data)
         root = data_root or opts.get("root")
@@ -57,14 +67,25 @@ def load_eval_sets(models: Sequence[ModelRef], *, data_root: str | None = None,
         seed = data_seed if data_seed is not None else opts.get("eval_seed", 0)
         base = load_eval_set(dataset, root=root, eval_size=size, seed=seed,
                              image_size=opts.get("image_size") if dataset == "imagefolder" else None)
-        if base.hash != expected:
+        if base.hash not in counts:
             raise DataError(
                 f"the {dataset} eval set (root={root}, eval_size={size}, seed={seed}) has hash "
                 f"{base.hash[:16]}..., but the sweep's models were evaluated on "
-                f"{expected[:16]}...; pass --data-root/--eval-size/--data-seed matching the sweep"
+                f"{_describe(group, counts)}; pass --data-root/--eval-size/--data-seed matching "
+                f"the sweep"
             )
         bases[dataset] = base
     return bases
+
+
+def _describe(group: Sequence[ModelRef], counts: Counter) -> str:
+    """``eval_size=60 eval_seed=0 (hash 0123abcd...): 2 models, ...`` for a dataset's models."""
+    parts = []
+    for digest, n in counts.most_common():
+        data = next(m.data for m in group if m.data_hash == digest)
+        parts.append(f"eval_size={data.get('eval_size')} eval_seed={data.get('eval_seed', 0)} "
+                     f"(hash {digest[:12] or '<none>'}...): {n} model{'s' if n > 1 else ''}")
+    return ", ".join(parts)
 
 
 def check_data_hash(ref: ModelRef, base: EvalSet) -> None:

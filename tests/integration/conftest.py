@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,15 +27,31 @@ class Services:
     postgres: PostgresServer
     mlflow: MlflowServer
     cluster: RayCluster
+    retired: list[RayCluster] = field(default_factory=list)
 
     def heal(self) -> None:
-        """Bring back what a fault test took down: the MLflow server, a second node."""
+        """Bring back what a fault test took down: PostgreSQL, the MLflow server, the head (a
+        fresh cluster), a second node."""
+        if not self.postgres.accepts():
+            self.postgres.restart(down_s=0)
         if not self.mlflow.healthy():
             self.mlflow.start()
+        if self.cluster.head is None or not self.cluster.head.service.running():
+            self.replace_cluster()
         alive = self.cluster.alive_node_ips()
         live_workers = [w for w in self.cluster.workers if w.ip in alive]
         if not live_workers:
             self.cluster.add_worker()
+
+    def replace_cluster(self) -> RayCluster:
+        """Stop what is left of the cluster (by pid) and start a fresh one: new head, new
+        temp dirs, new ports, a new token, one worker."""
+        old = self.cluster
+        old.stop()
+        self.retired.append(old)
+        self.cluster = RayCluster(self.root / f"ray{len(self.retired)}", cpus_per_node=1)
+        self.cluster.start(workers=1)
+        return self.cluster
 
     def client(self):
         from mlflow import MlflowClient
@@ -58,12 +74,17 @@ def services() -> Iterator[Services]:
                           root / "mlartifacts").start()
         started.append(ml)
         cluster = RayCluster(root / "ray", cpus_per_node=1)
-        started.append(cluster)
+        services = Services(root, pg, ml, cluster)
+        started.append(services)  # stops the cluster it holds at the end (tests may replace it)
         cluster.start(workers=1)
-        yield Services(root, pg, ml, cluster)
+        yield services
     finally:
         for svc in reversed(started):
-            svc.stop()
+            if isinstance(svc, Services):
+                for c in [*svc.retired, svc.cluster]:
+                    c.stop()
+            else:
+                svc.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -217,6 +217,7 @@ class PostgresServer:
         self.port = free_port()
         self.data = self.root / "data"
         self.service: Service | None = None
+        self.starts = 0
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
@@ -236,18 +237,39 @@ class PostgresServer:
         pwfile.unlink()
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed ({init.returncode}): {init.stderr.strip()}")
+        return self._launch()
+
+    def _launch(self) -> PostgresServer:
+        """Start the server on the existing data dir (same port), wait until it accepts."""
+        self.starts += 1
         self.service = Service(
             name="postgres",
             argv=self._as_owner([
                 str(self.bindir / "postgres"), "-D", str(self.data), "-h", LOOPBACK,
                 "-p", str(self.port), "-k", str(self.data), "-c", "fsync=off",
                 "-c", "max_connections=100"]),
-            env=dict(os.environ), log_path=self.root / "postgres.log", marker=str(self.data),
+            env=dict(os.environ), log_path=self.root / f"postgres.{self.starts}.log",
+            marker=str(self.data),
         ).start()
         wait_for(lambda: "ready to accept connections" in self.service.log_tail(),
                  timeout_s=30, what="PostgreSQL to accept connections", service=self.service)
         self.service.remember_pids()
         return self
+
+    def restart(self, *, down_s: float) -> None:
+        """The fault: a fast shutdown (SIGINT: clients are disconnected, as an operator's
+        ``pg_ctl stop -m fast`` or a failover does), ``down_s`` seconds down, then a start on
+        the same data dir and port."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGINT)
+        wait_for(lambda: not _alive(postmaster), timeout_s=30, what="PostgreSQL to shut down")
+        wait_for(lambda: not _port_open(LOOPBACK, self.port), timeout_s=15,
+                 what=f"port {self.port} to close")
+        time.sleep(down_s)
+        self._launch()
+
+    def accepts(self) -> bool:
+        return _port_open(LOOPBACK, self.port)
 
     def url(self, database: str) -> str:
         return f"postgresql://{self.user}:{self.password}@{LOOPBACK}:{self.port}/{database}"
@@ -270,12 +292,28 @@ class PostgresServer:
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 over a given backend store; restartable on the same port."""
+    """``mlflow server`` on 127.0.0.1 over a given backend store; restartable on the same port.
 
-    def __init__(self, root: Path, backend_uri: str, artifact_root: Path) -> None:
+    Args:
+        root: folder for its logs.
+        backend_uri: the backend store (PostgreSQL here).
+        artifact_root: where artifacts go: written there directly by the clients
+            (``--default-artifact-root``), or, with ``proxy_artifacts``, uploaded over HTTP to the
+            server, which stores them there (``--artifacts-destination``, as the cluster's server
+            does with S3).
+        extra_args: more ``mlflow server`` arguments (e.g. ``--app-name basic-auth``).
+        env: more environment for the server (e.g. the auth app's settings).
+    """
+
+    def __init__(self, root: Path, backend_uri: str, artifact_root: Path, *,
+                 proxy_artifacts: bool = False, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
         self.backend_uri = backend_uri
         self.artifact_root = artifact_root
+        self.proxy_artifacts = proxy_artifacts
+        self.extra_args = tuple(extra_args)
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.service: Service | None = None
@@ -283,12 +321,13 @@ class MlflowServer:
 
     def start(self, *, timeout_s: float = 90) -> MlflowServer:
         self.artifact_root.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.extra_env}
+        artifacts = (["--artifacts-destination", str(self.artifact_root)] if self.proxy_artifacts
+                     else ["--default-artifact-root", str(self.artifact_root)])
         self.service = Service(
             name="mlflow-server",
-            argv=[MLFLOW_BIN, "server", "--backend-store-uri", self.backend_uri,
-                  "--default-artifact-root", str(self.artifact_root), "--host", LOOPBACK,
-                  "--port", str(self.port), "--workers", "1"],
+            argv=[MLFLOW_BIN, "server", *self.extra_args, "--backend-store-uri", self.backend_uri,
+                  *artifacts, "--host", LOOPBACK, "--port", str(self.port), "--workers", "1"],
             env=env, log_path=self.root / f"mlflow-server.{self.starts}.log",
         ).start()
         self.starts += 1

@@ -204,6 +204,16 @@ class RayCluster:
         return [{**r, "node_ip": ips.get(r.get("node_id"), "?")} for r in rows
                 if r.get("class_name") == class_name and (state is None or r["state"] == state)]
 
+    def tasks(self, name: str) -> list[dict]:
+        """Task attempts named ``name`` (e.g. ``_PairWorker.run_tile``) from the state API, each
+        with ``task_id``, ``attempt_number``, ``state`` and ``actor_id``."""
+        query = ("/api/v0/tasks?limit=10000&detail=true&filter_keys=name"
+                 f"&filter_predicates=%3D&filter_values={name}")
+        status, raw = self._request(query, timeout=20)
+        if status != 200:
+            raise RuntimeError(f"state API: HTTP {status}: {raw[:300]!r}")
+        return [r for r in json.loads(raw)["data"]["result"]["result"] if r.get("name") == name]
+
     def kill_actor_process(self, actor: dict) -> int:
         """SIGKILL the OS process of an actor of this cluster (checked to be one of ours)."""
         pid = int(actor["pid"])

@@ -12,12 +12,16 @@ import yaml
 
 from trainables import tracking as tr
 
+from .harness import wait_for
+from .raycluster import TERMINAL_JOB_STATES
+
 PY = sys.executable  # the venv's python, by full path (ray job submit runs in Ray's temp dir)
 
 
 def tiny_spec(path: Path, *, name: str, tracking_uri: str, storage: Path, epochs: int = 2,
               archs: tuple = ("mlp",), epsilons: tuple = (0.0, 0.1), seeds: tuple = (0,),
-              max_failures: int = 2, eval_size: int = 120, attack_steps: int = 2) -> Path:
+              max_failures: int = 2, eval_size: int = 120, attack_steps: int = 2,
+              artifact_location: str | None = None) -> Path:
     """Write a small sweep spec (digits, tiny final eval); return its path.
 
     ``attack_steps`` sets the cost of an adversarial epoch (about 0.15 s per step for the cnn
@@ -35,7 +39,8 @@ def tiny_spec(path: Path, *, name: str, tracking_uri: str, storage: Path, epochs
         "eval": {"attack_steps": 2, "final_steps": 3, "restarts": 1},
         "resources": {"cpu": 1, "gpu": 0},
         "max_failures": max_failures,
-        "tracking": {"uri": tracking_uri},
+        "tracking": {"uri": tracking_uri,
+                     **({"artifact_location": artifact_location} if artifact_location else {})},
         "storage": str(storage),
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -108,3 +113,73 @@ def trial_config_for(run: Any) -> dict[str, Any]:
     if isinstance(out.get("extra_eval_eps"), list):
         out["extra_eval_eps"] = tuple(out["extra_eval_eps"])
     return out
+
+
+# -- jobs: submit a sweep, wait for a moment inside it, wait for its end ----------------------
+
+
+def fault_env(marker_dir: Path, *, mode: str = "watch", after_epoch: int = 0) -> dict[str, str]:
+    """The sweep's test-only fault switch (`sweeps.tuner.FaultSwitch`) as job environment."""
+    return {"UNISWEEP_FAULT_AFTER_EPOCH": str(after_epoch), "UNISWEEP_FAULT_MODE": mode,
+            "UNISWEEP_FAULT_MARKER_DIR": str(marker_dir)}
+
+
+def submit_sweep(live: Any, home: Path, name: str, *, command: str = "run",
+                 tracking_uri: str | None = None, env_vars: dict[str, str] | None = None,
+                 **spec_kw: Any) -> tuple[Path, str]:
+    """Write a tiny spec and ``ray job submit`` ``python -m sweeps <command> SPEC``."""
+    spec = home / "spec.yaml"
+    if not spec.exists():
+        tiny_spec(spec, name=name, tracking_uri=tracking_uri or live.mlflow.url,
+                  storage=home / "ray_results", **spec_kw)
+    job = live.cluster.submit([PY, "-m", "sweeps", command, str(spec)],
+                              env_vars={"UNISWEEP_HOME": str(home), **(env_vars or {})})
+    return spec, job
+
+
+def before_job_ends(cluster: Any, job: str, check, *, what: str, timeout_s: float = 300,
+                    interval_s: float = 0.2):
+    """Poll ``check()`` until truthy; fail at once if the job ends first (fault not injected)."""
+
+    def probe():
+        value = check()
+        if value:
+            return value
+        status = cluster.job_info(job)["status"]
+        if status in TERMINAL_JOB_STATES:
+            raise AssertionError(f"job {job} ended ({status}) before {what}; fault not injected:"
+                                 f"\n{cluster.job_logs(job)[-3000:]}")
+        return None
+
+    return wait_for(probe, timeout_s=timeout_s, what=what, interval_s=interval_s)
+
+
+def finish(cluster: Any, job: str, *, timeout_s: float = 420) -> str:
+    """Wait for the job's end, assert it SUCCEEDED; returns its logs."""
+    info = cluster.wait_job(job, timeout_s=timeout_s)
+    logs = cluster.job_logs(job)
+    assert info["status"] == "SUCCEEDED", logs[-5000:]
+    return logs
+
+
+# -- MLflow histories: every metric, every step, in logging order ---------------------------
+
+
+def histories(client: Any, run: Any) -> dict[str, list[tuple[int, float]]]:
+    """Each metric of ``run`` as its full history: [(step, value), ...] in logging order."""
+    out = {}
+    for key in run.data.metrics:
+        hist = client.get_metric_history(run.info.run_id, key)
+        out[key] = [(m.step, m.value) for m in sorted(hist, key=lambda m: (m.timestamp, m.step))]
+    return out
+
+
+def assert_each_epoch_logged_once(client: Any, run: Any, epochs: int) -> dict[str, list]:
+    """Every per-epoch metric has steps exactly [1, ..., epochs] (``final/*``: [epochs]), as a
+    list: a repeated epoch shows as a repeated step. Returns the histories."""
+    hist = histories(client, run)
+    assert tr.METRIC_EPOCH in hist, sorted(hist)
+    for key, points in hist.items():
+        want = [epochs] if key.startswith("final/") else list(range(1, epochs + 1))
+        assert [s for s, _ in points] == want, (run.info.run_id, key, points)
+    return hist
