@@ -127,7 +127,16 @@ def spec_key(name: str, params: Mapping[str, Any]) -> str:
     """``name:<canonical JSON of the params with defaults filled in>``: equal for specs that
     compute the same thing (``knn_jaccard`` with ``{"k": 10}`` and ``{"k": 10, "center": True}``).
 
+    Label-aware measures (``labels=``) take their labels from the inputs, never from a spec:
+    the key leaves them out.
+
     Raises:
-        MeasureInputError: unknown measure or invalid params (label-aware measures need labels).
+        MeasureInputError: unknown measure or invalid params.
     """
-    return f"{name}:{canonical_params(get_measure(name).resolve_params(dict(params)))}"
+    measure = get_measure(name)
+    given = dict(params)
+    if "labels" in measure.params:
+        given["labels"] = np.zeros(0, np.int64)  # a placeholder, dropped below
+    resolved = measure.resolve_params(given)
+    resolved.pop("labels", None)
+    return f"{name}:{canonical_params(resolved)}"

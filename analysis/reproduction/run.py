@@ -208,12 +208,14 @@ def _gather(refs: list[ModelRef], base: EvalSet, blocks: Sequence[Block], inputs
     if inputs.inverted_alt is not None:
         where.update({inputs.inverted_alt.key(base, m): "inverted_alt" for m in refs})
     study.known = _known_values(pairs_path, where, label)
-    _, target_idx = inputs.inverted.pairs(base)
+    seed_idx, target_idx = inputs.inverted.pairs(base)
     inverted: Arrays = {}
+    preds: Arrays = {}
     for m in refs:
         got = _arrays(blocks, base, label, inputs.inverted, m)
         if m.label in got:
             inverted[m.label] = {k: v["features"] for k, v in got.items()}
+            preds[m.label] = {k: v["preds"] for k, v in got.items()}
             loss = _rel_loss(got[m.label]["features"], clean[m.label]["features"][target_idx])
             study.inversion_summary[m.label] = {
                 "median": float(np.median(loss)), "p90": float(np.quantile(loss, 0.9)),
@@ -225,6 +227,9 @@ def _gather(refs: list[ModelRef], base: EvalSet, blocks: Sequence[Block], inputs
                 study.inverted_alt = study.inverted_alt or {}
                 study.inverted_alt[m.label] = {k: v["features"] for k, v in got.items()}
     study.inverted = inverted or None
+    if preds:  # the inversion transfer (target 3's supporting measures)
+        study.inverted_preds = preds
+        study.inversion_classes = {"labels": base.y[target_idx], "seed_labels": base.y[seed_idx]}
     return study, train
 
 
