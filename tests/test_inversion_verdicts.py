@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from analysis.engine import TRANSFER_MEASURES, MeasureSpec, ResultStore
+from analysis.inputs import EvalSet, InvertedInputs
 from analysis.reproduction import (FAILS, HOLDS, INCONCLUSIVE, PARTIAL, UNTESTABLE, ModelInfo,
                                    ReproConfig, StudyData, evaluate_targets)
 from analysis.reproduction.predictions import SIMILARITY_MEASURES
-from analysis.reproduction.run import _known_values
+from analysis.reproduction.run import _Inputs, _known_values
 from analysis.reproduction.targets_similarity import target2, target3
 
 ARCHS = ("a0", "a1", "a2", "a3")
@@ -173,3 +174,16 @@ def test_digits_stays_cannot_be_tested_whatever_the_table_says(effect):
         assert results[n].status == UNTESTABLE and "CIFAR-10" in results[n].reason
         assert not results[n].measures
     assert "inversion cannot be tested" in results[8].reason
+
+
+def test_the_reproduction_inverts_with_the_analysed_settings():
+    y = np.random.default_rng(0).integers(0, 10, 50)
+    base = EvalSet("shapes", np.zeros((50, 3, 4, 4), np.float32), y, np.arange(50), "h" * 64, 10)
+    analysed = InvertedInputs(iterations=400, num_targets=20, pairing_seed=5)
+    got = _Inputs.plan(base, ReproConfig(), None, analysed)
+    assert got.inverted is analysed and got.iterations == 400
+    alt = got.inverted_alt  # SPEC §8's other iteration count, on the analysed pairing
+    assert alt.config.iterations == 2000
+    assert (alt.num_targets, alt.pairing_seed) == (20, 5)
+    own = _Inputs.plan(base, ReproConfig(), None)  # nothing analysed: ReproConfig's settings
+    assert own.inverted.config.iterations == 1000 and own.inverted.num_targets is None

@@ -15,9 +15,10 @@ from test_analysis_models import EVAL_SIZE, build_sweep
 from analysis.engine import (TRANSFER_MEASURES, MeasureSpec, RayEngine, ResultStore,
                              SerialEngine, item_id, plan_pairs)
 from analysis.engine.compare import measure_arrays
-from analysis.inputs import ArtifactCache, Block, InvertedInputs, load_eval_set
+from analysis.inputs import ArtifactCache, Block, InvertedInputs, discover_models, load_eval_set
 from analysis.measures import MeasureInputError, compare, get_measure, pairwise
 from analysis.pipeline import run_analysis
+from analysis.reproduction.analysed import analysed_inversion
 
 C = 5
 SORT = ["measure", "input_set", "model_a", "model_b"]
@@ -161,3 +162,11 @@ def test_tiny_analysis_end_to_end_stores_transfer_rows(tmp_path):
             value = tr_rows[(tr_rows.measure == name) & (tr_rows.model_a == row)
                             & (tr_rows.model_b == col)]["value"]
             assert value.item() == loop_transfer(preds, labels)
+    # the reproduction finds the analysed inversion from the table and inverts with its settings
+    models = discover_models("tr", tracking_uri=store["tracking_uri"]).models
+    cache = ArtifactCache(res.report_dir / "cache")
+    found = analysed_inversion(res.pairs_path, cache, base, models)
+    assert found is not None and found.params() == InvertedInputs(
+        iterations=5, num_targets=24).params()
+    assert {found.key(base, m) for m in models} == set(tr_rows["inputs_hash"])
+    assert analysed_inversion(tmp_path / "none.parquet", cache, base, models) is None

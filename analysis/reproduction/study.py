@@ -63,6 +63,10 @@ class ReproConfig:
         inversion_iterations: iterations of the main inversion (SPEC: 1,000).
         inversion_iterations_alt: the sensitivity run (SPEC: 2,000); None skips it.
         inversion_targets: targets per model (None = the whole eval set).
+        inversion_from_analysis: when ``pairs.parquet`` holds ``inverted`` rows of the group's
+            models, invert with the analysis's settings instead of ``inversion_iterations`` /
+            ``inversion_targets`` (its cached inversions and pair values are then reused; the
+            alternative run keeps the analysis's targets and pairing).
         inversion_check_targets, inversion_check_iterations: targets per model and iterations
             where inversion cannot be tested on the dataset (SPEC §9, e.g. digits) and
             ``inversion_targets`` is None: the run is then only a check that the optimiser
@@ -80,6 +84,7 @@ class ReproConfig:
     inversion_iterations: int = 1000
     inversion_iterations_alt: int | None = 2000
     inversion_targets: int | None = None
+    inversion_from_analysis: bool = True
     inversion_check_targets: int = 32
     inversion_check_iterations: int = 200
     probes: ProbeConfig = field(default_factory=ProbeConfig)
