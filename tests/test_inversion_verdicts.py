@@ -164,6 +164,7 @@ def test_target8_runs_the_seed_variants_on_table_values(effect):
     # supporting measures have no variants, so they are not among the main verdicts
     assert "transfer_target" not in t8.figures["main_verdicts"]["target 3"]
     assert t8.status == PARTIAL  # the k and 2,000-iteration variants need the arrays
+    assert "no inverted features here" in t8.reason and "alternative iteration" in t8.reason
 
 
 def test_digits_stays_cannot_be_tested_whatever_the_table_says(effect):

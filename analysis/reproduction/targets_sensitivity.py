@@ -64,6 +64,10 @@ def _target3_variants(study: StudyData, cfg: ReproConfig, e0: float, emax: float
     out = []
     n = input_rows(study, "inverted")
     for k in cfg.k_values:
+        if not n:  # only the analysis table's values: nothing to recompute k-NN on
+            not_run.append(f"knn_jaccard k={k} (target 3): no inverted features here, only "
+                           "the analysis table's values")
+            continue
         if k >= n - 1:
             not_run.append(f"knn_jaccard k={k} (target 3): N = {n} inverted images per model, "
                            f"so k = {k} cannot run (k must be < N - 1)")
