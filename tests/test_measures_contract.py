@@ -126,7 +126,8 @@ def test_self_value_range_determinism(name: str) -> None:
     assert m.range[0] - 1e-12 <= v <= m.range[1] + 1e-12
     assert compare(name, A, B, **params) == v  # bit-identical on repeat
     # related inputs are distinguishable from identical ones (the measure is not constant)
-    assert abs(v - (m.self_value if m.self_value is not None else compare(name, A, A, **params))) > 1e-4
+    self_ref = m.self_value if m.self_value is not None else compare(name, A, A, **params)
+    assert abs(v - self_ref) > 1e-4
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -85,8 +85,9 @@ def synthetic_inverted(m: int, n: int = 64, seed: int = 0):
             items[item_id(col, keys[row])] = {"preds": preds.astype(np.int64), "labels": target,
                                               "features": rng.normal(size=(n, 4))}
     for col in ids:
-        items[item_id(col, clean_key)] = {"preds": rng.integers(0, C, n), "labels":
-                                          rng.integers(0, C, n), "features": rng.normal(size=(n, 4))}
+        items[item_id(col, clean_key)] = {"preds": rng.integers(0, C, n),
+                                          "labels": rng.integers(0, C, n),
+                                          "features": rng.normal(size=(n, 4))}
     blocks = [Block("inverted", "syn", keys[i], (i,), ids, False) for i in ids]
     blocks.append(Block("clean", "syn", clean_key, ids, ids, True))
     return items, extras, blocks, keys

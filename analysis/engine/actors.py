@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink, compare_pair,
-                                     emit_rows, error_text, load_item, measure_arrays,
+from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink,
+                                     compare_pair, emit_rows, error_text, load_item, measure_arrays,
                                      prepare_state, result_row)
 from analysis.engine.plan import PairTask
 from analysis.engine.serial import SerialEngine
@@ -221,7 +221,8 @@ class RayEngine:
         states: dict[str, Any] = {}
         t0 = time.perf_counter()
         for k, (iid, inputs_hash) in enumerate(inputs_of.items()):
-            X, extra = measure_arrays(spec.name, load_item(items[iid]), extras.get(inputs_hash))
+            X, extra = measure_arrays(spec.name, load_item(items[iid]),
+                                      extras.get(inputs_hash))
             if "labels" in extra and inputs_hash not in labels:
                 labels[inputs_hash] = ray.put(np.asarray(extra["labels"]))
             x_ref = ray.put(np.asarray(X))  # each item's array enters the object store once

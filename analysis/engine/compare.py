@@ -20,8 +20,9 @@ from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
 from analysis.measures import Measure, MeasureInputError, get_measure
 
-__all__ = ["EngineStats", "Rows", "Sink", "Progress", "Items", "Extras", "measure_arrays", "load_item",
-           "prepare_state", "compare_pair", "has_block", "result_row", "error_text", "emit_rows"]
+__all__ = ["EngineStats", "Rows", "Sink", "Progress", "Items", "Extras", "measure_arrays",
+           "load_item", "prepare_state", "compare_pair", "has_block", "result_row", "error_text",
+           "emit_rows"]
 
 Rows = list[dict[str, Any]]
 Sink = Callable[[Rows], None]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 
-from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink, compare_pair,
-                                     emit_rows, has_block, load_item, measure_arrays,
+from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink,
+                                     compare_pair, emit_rows, has_block, load_item, measure_arrays,
                                      prepare_state, result_row)
 from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
