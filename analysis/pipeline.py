@@ -42,6 +42,7 @@ from analysis.inputs import (
     Epochs,
     EvalSet,
     InputSet,
+    InvertedInputs,
     ModelRef,
     at_epochs,
     discover_models,
@@ -58,7 +59,7 @@ from trainables import tracking as tr
 from trainables.errors import ConfigError, DataError, UserError
 
 __all__ = ["AnalysisResult", "run_analysis", "run_report", "report_dir", "check_specs_fit",
-           "check_table_belongs", "ensure_ray"]
+           "check_table_belongs", "ensure_ray", "inputs_extras"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         label = {m.run_id: m.label for m in disc.models}
         skipped.update({k: f"{label.get(k, k)}: {v}" for k, v in failures.items()})
         new_rows, stats = _compute(blocks, specs, store, actors=actors,
-                                   retry_errors=retry_errors, progress=progress)
+                                   retry_errors=retry_errors, progress=progress,
+                                   extras=inputs_extras(blocks, isets, bases, disc.models))
     finally:
         if started:
             import ray  # started above, so imported already
@@ -261,8 +263,29 @@ def check_specs_fit(specs: Sequence[MeasureSpec], input_sets: Sequence[InputSet]
                     raise MeasureInputError(f"measure {spec} does not fit {where}: {why}") from None
 
 
+def inputs_extras(blocks: Sequence[Block], isets: Sequence[InputSet],
+                  bases: Mapping[str, EvalSet],
+                  models: Sequence[ModelRef]) -> dict[str, dict[str, np.ndarray]]:
+    """inputs hash -> arrays the engine takes beside the items' own (``Extras``): for every
+    inverted block, the seeds' classes (``seed_labels``) of its shared seed/target pairing,
+    which ``transfer_seed`` compares the column model's predictions with."""
+    by_id = {m.run_id: m for m in models}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for iset in isets:
+        if not isinstance(iset, InvertedInputs):
+            continue
+        for blk in blocks:
+            base, source = bases.get(blk.dataset), by_id.get(blk.rows[0])
+            if blk.input_set == iset.name and base is not None and source is not None \
+                    and iset.key(base, source) == blk.inputs_key:
+                seed_idx, _ = iset.pairs(base)
+                out[blk.inputs_key] = {"seed_labels": np.asarray(base.y)[seed_idx]}
+    return out
+
+
 def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: ResultStore, *,
              actors: int, retry_errors: bool, progress: Progress | None,
+             extras: Mapping[str, Mapping[str, np.ndarray]] | None = None,
              flush_s: float = 10.0) -> tuple[int, dict[str, Any]]:
     """Plan the pairs the store lacks and run the engine on them, appending rows to the store
     every ``flush_s`` seconds and at the end; returns (rows written, engine stats)."""
@@ -287,7 +310,7 @@ def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: Resul
             buffer.clear()
             written[1] = time.monotonic()
 
-    stats = engine.run(plan, items, sink=sink)
+    stats = engine.run(plan, items, sink=sink, extras=extras)
     written[0] += store.append(buffer, replace_errors=retry_errors)
     return written[0], stats.__dict__
 

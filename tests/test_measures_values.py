@@ -390,12 +390,25 @@ def test_procrustes_hand_values() -> None:
     assert abs(compare("procrustes_angular", X[:, :1], Y, allow_small_n=True) - np.pi / 2) < 1e-12
 
 
+def test_transfer_hand_values() -> None:
+    # B's predictions on A's 5 inversions; targets' and seeds' classes of the pairing
+    a = np.array([3, 3, 3, 3, 3])
+    b = np.array([1, 2, 0, 4, 4])
+    target = np.array([1, 2, 3, 4, 0])
+    seed = np.array([0, 0, 0, 1, 4])
+    assert compare("transfer_target", a, b, labels=target) == 3 / 5  # images 0, 1, 3
+    assert compare("transfer_seed", a, b, labels=seed) == 2 / 5  # images 2, 4
+    assert compare("transfer_target", b, a, labels=target) == 1 / 5  # the other order: image 2
+    assert compare("transfer_seed", b, a, labels=seed) == 0.0
+
+
 def test_every_measure_has_a_reference_test() -> None:
     covered = {
         "linear_cka", "linear_cka_debiased", "rbf_cka", "procrustes_sim", "procrustes_angular", "knn_jaccard",
         "rank_sim", "joint_rank_jaccard", "second_order_cosine", "rsa", "svcca", "pwcca", "gulp", "rtd",
         "magnitude_diff", "concentricity_diff", "disagreement", "agreement", "cohen_kappa",
         "normalized_disagreement", "error_consistency", "jsd", "jsd_sim", "surrogate_churn",
+        "transfer_target", "transfer_seed",
     }  # fmt: skip
     assert covered == set(MEASURES)
 
