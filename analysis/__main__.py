@@ -12,37 +12,11 @@ import argparse
 import json
 import logging
 import sys
-import time
-from typing import TextIO
 
+from analysis.progress import ProgressLine as _Progress
 from trainables.errors import user_errors
 
 __all__ = ["main"]
-
-
-class _Progress:
-    """One progress line per stage: ``pairs 120/450 (26.7%, 41.2/s)``, redrawn in place on a
-    terminal, printed at most every 5 s otherwise (logs of a batch job stay short)."""
-
-    def __init__(self, stream: TextIO | None = None):
-        self._stream = stream  # None: whatever sys.stderr is when a line is written
-        self.start: dict[str, float] = {}
-        self.last = 0.0
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        stream = self._stream or sys.stderr
-        tty = stream.isatty()
-        now = time.monotonic()
-        t0 = self.start.setdefault(stage, now)
-        final = done >= total
-        if not (tty or final or now - self.last >= 5.0):
-            return
-        self.last = now
-        elapsed = now - t0
-        rate = f", {done / elapsed:.1f}/s" if elapsed > 0.05 else ""
-        line = f"{stage} {done}/{total} ({100 * done / max(total, 1):.1f}%{rate})"
-        stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
-        stream.flush()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-errors", action="store_true",
                      help="recompute pairs stored with status=error")
     run.add_argument("--no-report", action="store_true", help="skip building the report")
+    run.add_argument("--epoch", "--epochs", dest="epochs", default=None, metavar="E[,E...]|all",
+                     help="compare the models at these training epochs (the checkpoints logged "
+                          "with train.checkpoint_every; the last epoch is the final model), "
+                          "each with the models of its epoch; all: every logged epoch; "
+                          "default: the final models")
     rep = sub.add_parser("report", help="figures + HTML report from the stored table")
     rep.add_argument("sweep")
     rep.add_argument("--tracking-uri", default=None)
@@ -91,15 +70,17 @@ def _measures(values: list[str] | None) -> list[str] | None:
 
 
 def _run(args) -> None:
-    from analysis.pipeline import run_analysis, run_report  # see the module docstring
+    from analysis.inputs import parse_epochs  # see the module docstring
+    from analysis.pipeline import run_analysis, run_report
 
+    epochs = None if args.epochs is None else parse_epochs(args.epochs)
     progress = _Progress()
     res = run_analysis(args.sweep, tracking_uri=args.tracking_uri,
                        measures=_measures(args.measures), actors=args.actors,
                        input_sets=[s.strip() for s in args.input_sets.split(",") if s.strip()],
                        data_root=args.data_root, eval_size=args.eval_size,
                        data_seed=args.data_seed, retry_errors=args.retry_errors,
-                       progress=progress)
+                       progress=progress, epochs=epochs)
     print(f"analysed {len(res.models)} models of sweep {res.sweep!r}: {res.new_rows} new pair "
           f"results ({res.total_rows} stored, {res.error_rows} errors) in {res.wall_s:.1f} s")
     for key, why in res.skipped.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from analysis.engine import (
     DEFAULT_MEASURES,
@@ -38,9 +39,11 @@ from analysis.inputs import (
     ArtifactCache,
     Block,
     Discovery,
+    Epochs,
     EvalSet,
     InputSet,
     ModelRef,
+    at_epochs,
     discover_models,
     extract_all,
     load_eval_sets,
@@ -98,15 +101,7 @@ def ensure_ray(actors: int) -> bool:
 
 def _analysis_run(client, sweep: str, experiment_id: str) -> str:
     """The sweep's analysis run (reused across re-runs), child of the sweep's parent run."""
-    runs = tr.search_sweep_runs(client, experiment_id, sweep=sweep, role="analysis")
-    if runs:
-        return runs[-1].info.run_id
-    tags = {tr.TAG_SWEEP: sweep, tr.TAG_ROLE: "analysis"}
-    parent = tr.find_sweep_run(client, experiment_id, sweep)
-    if parent is not None:
-        tags[tr.TAG_PARENT] = parent.info.run_id
-    run = tr.with_retries(client.create_run, experiment_id, tags=tags, run_name=f"{sweep}-analysis")
-    return run.info.run_id
+    return tr.sweep_child_run(client, experiment_id, sweep=sweep, role="analysis")
 
 
 def run_analysis(sweep: str, *, tracking_uri: str | None = None,
@@ -115,7 +110,8 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
                  input_sets: Sequence[str] = ("clean",), actors: int = 0,
                  data_root: str | None = None, eval_size: int | None = None,
                  data_seed: int | None = None, retry_errors: bool = False,
-                 log_mlflow: bool = True, progress: Progress | None = None) -> AnalysisResult:
+                 log_mlflow: bool = True, progress: Progress | None = None,
+                 epochs: Epochs | None = None) -> AnalysisResult:
     """Compute every missing (pair, input set, measure) of a sweep into ``pairs.parquet``.
 
     Args:
@@ -131,6 +127,10 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         data_root, eval_size, data_seed: override the eval-set options read from the runs.
         retry_errors: recompute pairs stored with ``status="error"``.
         progress: ``progress(stage, done, total)`` for long work.
+        epochs: None: the trials' final models; else the models at these training epochs (or
+            ``"all"`` logged ones, `analysis.inputs.at_epochs`), each (trial, epoch) one item,
+            compared with the models of its epoch. ``models.parquet`` accumulates every item
+            analysed (columns ``epoch``, ``final``).
 
     Raises:
         UserError: unknown sweep, no usable model, bad measure/input set/actors.
@@ -143,6 +143,8 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
     isets = [parse_input_set(text) for text in input_sets]
     uri = tr.resolve_tracking_uri(tracking_uri, home)
     disc: Discovery = discover_models(sweep, tracking_uri=uri)
+    if epochs is not None and disc.models:
+        disc = at_epochs(disc, epochs, tracking_uri=uri)
     skipped = {s.run_id: f"{s.label}: {s.reason}" for s in disc.skipped}
     if not disc.models:
         raise UserError(f"sweep {sweep!r} has no finished model with a checkpoint to analyse\n"
@@ -167,7 +169,7 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
             import ray  # started above, so imported already
 
             ray.shutdown()
-    models_frame(disc.models).to_parquet(out_dir / "models.parquet", index=False)
+    _merge_models(out_dir / "models.parquet", disc.models)
     _write_json(out_dir / "skipped.json", skipped)
     _write_json(out_dir / "cache" / "manifest.json", _manifest(blocks, isets, bases))
     table = store.load()
@@ -180,6 +182,16 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         run_id = _log_analysis(uri, disc, result, specs, input_sets, actors)
         result = AnalysisResult(**{**result.__dict__, "analysis_run_id": run_id})
     return result
+
+
+def _merge_models(path: Path, models: Sequence[ModelRef]) -> None:
+    """Write ``models.parquet``: these models, plus the earlier runs' models of other ids (an
+    analysis by epoch adds its (trial, epoch) items beside the final models)."""
+    frame = models_frame(models)
+    if path.exists():
+        old = pd.read_parquet(path)
+        frame = pd.concat([old[~old["run_id"].isin(frame["run_id"])], frame], ignore_index=True)
+    frame.to_parquet(path, index=False)
 
 
 def _specs(measures: Sequence[str | MeasureSpec] | None) -> list[MeasureSpec]:
@@ -242,20 +254,48 @@ def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: Resul
     buffer: list[dict] = []
     written = [0, time.monotonic()]
 
+    per_measure = _PerMeasure(plan, progress) if progress else None
+
     def sink(rows):
+        if per_measure:
+            per_measure.add(rows)
         buffer.extend(rows)
         if time.monotonic() - written[1] > flush_s:
             written[0] += store.append(buffer, replace_errors=retry_errors)
             buffer.clear()
             written[1] = time.monotonic()
 
-    def on_pairs(done, total):
-        if progress:
-            progress("pairs", done, total)
-
-    stats = engine.run(plan, items, sink=sink, progress=on_pairs)
+    stats = engine.run(plan, items, sink=sink)
     written[0] += store.append(buffer, replace_errors=retry_errors)
     return written[0], stats.__dict__
+
+
+class _PerMeasure:
+    """The pair computation's progress, one stage per measure spec (``pairs <spec>``). The
+    engines run the specs one after the other in plan order, so a spec's clock starts as the
+    one before it finishes."""
+
+    def __init__(self, plan: Mapping[MeasureSpec, list], progress: Progress):
+        self.progress = progress
+        self.specs = [(s.name, s.hash) for s, tasks in plan.items() if tasks]
+        self.label = {(s.name, s.hash): f"pairs {s}" for s in plan}
+        self.total = {(s.name, s.hash): len(tasks) for s, tasks in plan.items()}
+        self.done = dict.fromkeys(self.specs, 0)
+        self._start(0)
+
+    def _start(self, index: int) -> None:
+        if index < len(self.specs):
+            key = self.specs[index]
+            self.progress(self.label[key], 0, self.total[key])
+
+    def add(self, rows: Sequence[dict]) -> None:
+        touched = dict.fromkeys((r["measure"], r["params_hash"]) for r in rows)
+        for row in rows:
+            self.done[(row["measure"], row["params_hash"])] += 1
+        for key in touched:
+            self.progress(self.label[key], self.done[key], self.total[key])
+            if self.done[key] >= self.total[key]:
+                self._start(self.specs.index(key) + 1)
 
 
 def _manifest(blocks, isets, bases) -> dict[str, Any]:
@@ -324,4 +364,15 @@ def run_report(sweep: str, *, home: str | os.PathLike | None = None,
             for path in sorted(out_dir.glob("report/*")):
                 tr.with_retries(client.log_artifact, run_id, str(path), "report")
             tr.with_retries(client.set_terminated, run_id, "FINISHED")
+            _note_report(client, exp, sweep, html)
     return html
+
+
+def _note_report(client, exp, sweep: str, html: Path) -> None:
+    """Say in the sweep's description (experiment and parent run) where its report now is."""
+    parent = tr.find_sweep_run(client, exp.experiment_id, sweep)
+    note = (parent.data.tags if parent else exp.tags).get(tr.TAG_NOTE, "")
+    line = (f"{tr.REPORT_MARK} `{html}` (built {time.strftime('%Y-%m-%d %H:%M')}); also the "
+            f"artifact `report/index.html` of the run `{sweep}-analysis`.")
+    tr.set_description(client, exp.experiment_id, parent.info.run_id if parent else None,
+                       tr.with_report_line(note, line))

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sweeps import status
 from sweeps.cli_util import echo, format_table, summary_rows
 from sweeps.spec import SweepSpec, load_spec
 from trainables import tracking as tr
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the cells and resources, exit")
     res = sub.add_parser("resume", help="finish an interrupted sweep (only unfinished trials run)")
     res.add_argument("target", help="sweep name (default tracking store) or its spec path")
-    st = sub.add_parser("status", help="trials done/running/failed and best values, from MLflow")
+    st = sub.add_parser("status", help="each cell's state, epoch and last metrics, and the "
+                        "sweep's ETA, from MLflow")
     st.add_argument("target", help="sweep name (default tracking store) or its spec path")
     sub.add_parser("list", help="sweeps in the default tracking store")
     ui = sub.add_parser("ui", help="MLflow UI over the local store (127.0.0.1 only by default)")
@@ -151,7 +153,18 @@ def _status(args: argparse.Namespace) -> int:
         top = max((r for r in done if r["eps"] == eps), key=lambda r: float(r["robust_acc"]))
         echo(f"best robust_acc at {top['threat']} eps={eps}: {top['robust_acc']} "
              f"({top['arch']} seed {top['seed']}, clean {top['clean_acc']})")
-    echo(format_table([{k: v for k, v in r.items() if k != "run_id"} for r in st["rows"]]))
+    client = tr.make_client(uri)
+    try:
+        spec = status.logged_spec(client, parent.info.run_id, check_paths=False)
+    except Exception as exc:  # noqa: BLE001 - an old sweep without spec.yaml: its runs only
+        echo(f"(the sweep's spec.yaml could not be read: {exc}; listing the cells with runs)")
+        spec = None
+    runs = tr.search_sweep_runs(client, parent.info.experiment_id, sweep=name, role="trial")
+    states = status.cell_states(client, runs, cells=spec.cells() if spec else None,
+                                epochs=spec.train.epochs if spec else 0)
+    echo(format_table(status.cell_rows(states)))
+    est = status.estimate(states, max_concurrent=spec.max_concurrent if spec else None)
+    echo(status.describe_estimate(est, sweep_status=parent.info.status, name=name))
     return 0
 
 
@@ -181,10 +194,25 @@ def _ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", paths.artifact_root.as_uri(), "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    echo(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)")
+    base = f"http://{args.host}:{args.port}"
+    echo(f"MLflow UI on {base} over {uri} (Ctrl-C stops it)")
+    for name, exp_id in _sweep_experiments(uri):
+        echo(f"  sweep {name}, its runs: {tr.runs_page_url(base, exp_id)}")
     # Become the server (exec): stopping this process by its PID stops the UI, no orphans.
     os.execve(sys.executable, cmd, env)
     return 0  # not reached
+
+
+def _sweep_experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, experiment id) of every sweep in the store, oldest first; none if no store."""
+    if not tr.store_exists(uri):
+        return []
+    client = tr.make_client(uri)
+    return [(exp.name, exp.experiment_id)
+            for exp in sorted(tr.with_retries(client.search_experiments),
+                              key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit()
+                              else 0)
+            if tr.find_sweep_run(client, exp.experiment_id, exp.name) is not None]
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -232,13 +260,15 @@ def _analyse(spec: SweepSpec) -> None:
     # analysis (numpy, scipy, matplotlib, the measures) loads only when the demo gets this far
     from analysis.engine import DEMO_MEASURES
     from analysis.pipeline import report_dir, run_analysis, run_report
+    from analysis.progress import ProgressLine
     from analysis.reproduction import run_reproduction
 
     uri = spec.tracking.uri
     echo(f"\n== analysis of {spec.name}: all pairs, measures {', '.join(DEMO_MEASURES)}")
-    run_analysis(spec.name, tracking_uri=uri, measures=DEMO_MEASURES, actors=2)
+    run_analysis(spec.name, tracking_uri=uri, measures=DEMO_MEASURES, actors=2,
+                 progress=ProgressLine(sys.stdout))
     echo(f"\n== reproduction targets (SPEC section 8) on {spec.name}")
-    repro = run_reproduction(spec.name, tracking_uri=uri)
+    repro = run_reproduction(spec.name, tracking_uri=uri, progress=ProgressLine(sys.stdout))
     html = run_report(spec.name, tracking_uri=uri)  # after the reproduction: it shows its verdicts
     echo(f"\nreport:         {html}")
     echo(f"reproduction:   {repro}")
@@ -248,8 +278,10 @@ def _analyse(spec: SweepSpec) -> None:
 def _where_to_look(spec: SweepSpec) -> None:
     from sweeps.tuner import experiment_path  # Ray Tune: not at the CLI's start-up
 
+    exp = dict(_sweep_experiments(spec.tracking.uri)).get(spec.name, "?")
     echo(f"\nMLflow store:   {spec.tracking.uri} (experiment {spec.name!r})")
-    echo(f"browse it:      make ui  (or {PROG} ui)  ->  http://127.0.0.1:5000")
+    echo(f"browse it:      make ui  (or {PROG} ui), then open "
+         f"{tr.runs_page_url('http://127.0.0.1:5000', exp)}")
     echo(f"sweep status:   {PROG} status {spec.name}")
     echo(f"Ray Tune state: {experiment_path(spec)}")
 

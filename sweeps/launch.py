@@ -12,29 +12,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 from mlflow.entities import Param
 from ray import tune
 
 from sweeps.cli_util import Echo, format_table, rows_to_csv, summary_rows
 from sweeps.grid import Cell
 from sweeps.hpo import run_hpo
-from sweeps.spec import SweepSpec, load_spec, parse_spec
+from sweeps.spec import SweepSpec, load_spec
+from sweeps.status import SPEC_ARTIFACT, logged_spec
 from sweeps.tuner import (FaultSwitch, SweepHandle, base_param_space, experiment_path, make_tuner,
                           trainable_for)
 from trainables import tracking as tr
 from trainables.errors import ConfigError, UserError
 
 __all__ = ["build_param_space", "cells_table", "init_ray", "find_sweep", "open_sweep",
-           "run_sweep", "resume_sweep"]
+           "run_sweep", "resume_sweep", "sweep_note"]
 
 log = logging.getLogger(__name__)
-SPEC_ARTIFACT = "spec.yaml"
 SUMMARY_ARTIFACT = "summary.csv"
 
 
@@ -138,17 +136,39 @@ def _prepare_local_dirs(spec: SweepSpec) -> None:
             Path(location).mkdir(parents=True, exist_ok=True)
 
 
+def sweep_note(spec: SweepSpec) -> str:
+    """The sweep's description in MLflow (Markdown): what it is, its grid, where to look."""
+    threats = " + ".join(f"{t.threat_model} eps {{{', '.join(f'{e:g}' for e in t.epsilons)}}}"
+                         for t in spec.threats)
+    archs = ", ".join(a.label for a in spec.archs)
+    seeds = ", ".join(str(s) for s in spec.seeds)
+    report = tr.default_paths().reports / spec.name / "report" / "index.html"
+    hpo = f" A tuning phase runs first: {spec.hpo.describe()}." if spec.hpo is not None else ""
+    return "\n".join([
+        f"Sweep {spec.name}" + (f": {spec.description}" if spec.description else ""), "",
+        f"**Grid:** {len(spec.cells())} trials = {len(spec.archs)} archs ({archs}) x {threats} "
+        f"x {len(spec.seeds)} seeds ({seeds}) on {spec.dataset.name}, {spec.train.epochs} "
+        f"epochs each.{hpo}", "",
+        f"**Runs:** `{spec.name}-sweep` is the sweep; each trial is a child run named "
+        "`arch / threat eps / seed`; `" + spec.name + "-analysis` and `" + spec.name
+        + "-reproduction` are children too.", "",
+        f"**Status:** `python -m sweeps status {spec.name}`", "",
+        f"{tr.REPORT_MARK} not built yet: `python -m analysis run {spec.name}` writes "
+        f"`{report}` and logs it to the run `{spec.name}-analysis`."])
+
+
 def open_sweep(spec: SweepSpec) -> SweepHandle:
-    """Create the experiment and the sweep's parent run (tag role=sweep) with the spec logged."""
+    """Create the experiment (a model-training experiment) and the sweep's parent run (tag
+    role=sweep) with the spec logged; both carry `sweep_note` as their description."""
     _prepare_local_dirs(spec)
     client = tr.make_client(spec.tracking.uri)
     exp_id = tr.ensure_experiment(client, spec.name,
                                   artifact_location=spec.tracking.artifact_location
                                   or spec.storage)
-    tags = {tr.TAG_SWEEP: spec.name, tr.TAG_ROLE: "sweep", tr.TAG_DATASET: spec.dataset.name,
-            "mlflow.note.content": spec.description}
+    tags = {tr.TAG_SWEEP: spec.name, tr.TAG_ROLE: "sweep", tr.TAG_DATASET: spec.dataset.name}
     run = tr.with_retries(client.create_run, exp_id, tags=tags, run_name=f"{spec.name}-sweep")
     run_id = run.info.run_id
+    tr.set_description(client, exp_id, run_id, sweep_note(spec))
     params = tr.flatten_params({k: v for k, v in spec.to_dict().items() if k != "hpo"})
     params["cells"] = str(len(spec.cells()))
     if spec.hpo is not None:
@@ -270,7 +290,4 @@ def _spec_for(target: str) -> SweepSpec:
     if parent is None:
         raise UserError(f"no sweep named {target!r} in {uri}; pass the spec path instead "
                         "(python -m sweeps resume path/to/spec.yaml)")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT, tmp)
-        text = Path(local).read_text()
-    return parse_spec(yaml.safe_load(text), check_paths=True, source=text)
+    return logged_spec(client, parent.info.run_id, check_paths=True)

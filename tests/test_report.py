@@ -140,4 +140,4 @@ def test_progress_lines_go_to_the_stderr_of_the_moment(capsys):
     progress = _Progress()
     progress("pairs", 3, 3)
     err = capsys.readouterr().err
-    assert err == "pairs 3/3 (100.0%)\n"
+    assert err == "pairs 3/3 (100.0%; 0.0 s)\n"

@@ -137,9 +137,13 @@ def test_report_states_all_eight_targets_with_numbers(sweep_store, ray_session):
     # The convergence diagnostic of the inversion code is still shown, labelled as such.
     conv = by[3]["figures"]["inversion_convergence"]
     assert len(conv) == 8 and all(v["n"] == 48 for v in conv.values())
-    # Logged to the sweep's analysis run.
-    names = {a.path for a in sweep_store["client"].list_artifacts(sweep_store["analysis_run"],
-                                                                   "reproduction")}
+    # Logged to the sweep's reproduction run (its own run, beside the analysis run).
+    client = sweep_store["client"]
+    exp_id = client.get_experiment_by_name(SWEEP).experiment_id
+    repro_runs = tr.search_sweep_runs(client, exp_id, sweep=SWEEP, role="reproduction")
+    assert len(repro_runs) == 1 and repro_runs[0].info.status == "FINISHED"
+    assert repro_runs[0].info.run_name == f"{SWEEP}-reproduction"
+    names = {a.path for a in client.list_artifacts(repro_runs[0].info.run_id, "reproduction")}
     assert names == {"reproduction/reproduction.md", "reproduction/reproduction.json"}
 
 

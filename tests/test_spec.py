@@ -166,7 +166,8 @@ def test_cli_user_error_in_a_real_process(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"python -m sweeps: error: {path}: train.epoch: unknown key in 'train' (did you mean "
         f"'epochs'?); allowed: attack_step_rule, attack_step_size, attack_steps, batch_size, "
-        f"epochs, lr, lr_gamma, lr_step_size, momentum, optimizer, schedule, weight_decay"]
+        f"checkpoint_every, epochs, keep_checkpoints, lr, lr_gamma, lr_step_size, momentum, "
+        f"optimizer, schedule, weight_decay"]
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -242,7 +243,8 @@ def test_retries_ride_out_transient_errors_only():
 _CIFAR = dict(dataset="cifar10", data_root="/data/cifar10", epochs=90, batch_size=512, lr=0.1,
               schedule="step", lr_step_size=30, lr_gamma=0.1, momentum=0.9, weight_decay=5e-4,
               eval_size=10000, eval_seed=0, eval_attack_steps=10, final_eval_steps=50,
-              final_eval_restarts=3, num_threads=4, num_workers=4, arch="wrn16_4", seed=2)
+              final_eval_restarts=3, num_threads=4, num_workers=4, arch="wrn16_4", seed=2,
+              checkpoint_every=10, keep_checkpoints=None)
 SHIPPED_LAST_CELL = {
     "demo": dict(dataset="digits", data_root=None, image_size=None, arch="resnet18", width=0.125,
                  threat_model="linf", eps=0.2, seed=1, epochs=15, batch_size=64, optimizer="sgd",
@@ -259,7 +261,7 @@ SHIPPED_LAST_CELL = {
         dataset="imagefolder", data_root="/data/imagenet100", image_size=224, batch_size=256,
         weight_decay=1e-4, eval_size=5000, final_eval_steps=20, final_eval_restarts=2,
         num_threads=8, num_workers=8, threat_model="l2", eps=3.0, attack_steps=3,
-        attack_step_size=0.6667 * 3.0, extra_eval_eps=(0.25, 1.0, 3.0)),
+        attack_step_size=0.6667 * 3.0, extra_eval_eps=(0.25, 1.0, 3.0), checkpoint_every=15),
 }
 
 

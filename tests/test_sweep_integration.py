@@ -4,7 +4,9 @@ Covers: one FINISHED child run per cell with tags/params/per-epoch metrics and a
 checkpoint that reproduces the logged accuracy; a resume whose Tune state predates a trial's end
 (that cell is reported from MLflow, not retrained); a trial crashing mid-training and resuming
 from its checkpoint to bit-identical weights; the driver killed and the sweep resumed from the
-command line; a resume after Tune's state was lost; the Optuna tuning phase.
+command line; a resume after Tune's state was lost; the Optuna tuning phase; checkpoints logged
+every epoch (``train.checkpoint_every``), pruned to ``keep_checkpoints`` and exact across a crash,
+then analysed by epoch.
 """
 
 from __future__ import annotations
@@ -288,3 +290,71 @@ def test_hpo_phase_then_grid_with_best_values(ray_session, tmp_path, mlflow_stor
     assert len(grid) == 1 and grid[0].info.status == "FINISHED"
     assert float(grid[0].data.params["lr"]) == float(best_run.data.params["lr"])
     assert float(grid[0].data.params["weight_decay"]) == float(best_run.data.params["weight_decay"])
+
+
+def test_epoch_checkpoints_are_logged_pruned_and_resume_stays_exact(ray_session, tmp_path,
+                                                                     mlflow_store, monkeypatch,
+                                                                     capsys):
+    """train.checkpoint_every=1, keep_checkpoints=2 over 4 epochs, each trial's worker killed
+    after epoch 2: the runs hold checkpoints/epoch_002 and epoch_003 (epoch 1 deleted, epoch 4 is
+    the final checkpoint/), each with the weights an uninterrupted run has after that epoch, and
+    the analysis compares the models at those epochs."""
+    train = {"epochs": 4, "batch_size": 64, "lr": 0.05, "attack_steps": 3,
+             "checkpoint_every": 1, "keep_checkpoints": 2}
+    spec = load_spec(write_spec(tmp_path, name="ckpts", archs=["mlp", "cnn"], epsilons=[0.1],
+                                seeds=[0], epochs=4, tracking=tracking_of(mlflow_store),
+                                storage=str(tmp_path / "ray_results"), train=train))
+    markers = tmp_path / "faults"
+    run_sweep(spec, fault=FaultSwitch(after_epoch=2, marker_dir=str(markers), mode="exit"))
+    assert len(list(markers.iterdir())) == 2  # both workers really died once
+
+    client, runs = trial_runs(spec.tracking.uri, "ckpts")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    d = spec.to_dict()
+    for run in runs:
+        run_id = run.info.run_id
+        assert run.info.run_name == tr.trial_run_name(run.data.tags[tr.TAG_ARCH], 1.0, "linf",
+                                                      0.1, 0)
+        assert steps(client, run_id, tr.METRIC_EPOCH) == [1, 2, 3, 4]  # 1-2 not retrained
+        assert tr.logged_epochs(client, run_id) == [2, 3]
+        # An uninterrupted run of the cell, its weights kept after every epoch.
+        cell = next(c for c in spec.cells() if c.key == run.data.tags[tr.TAG_CELL])
+        config = {"cell": {"model": {"arch": cell.arch.name, "width": cell.arch.width},
+                           "threat_model": cell.threat_model, "eps": cell.eps, "seed": cell.seed},
+                  "dataset": d["dataset"], "train": d["train"], "eval": d["eval"],
+                  "num_threads": 1}
+        weights = {}
+
+        def keep(metrics, ckpt):
+            weights[int(metrics["epoch"])] = load_checkpoint(ckpt)[0].state_dict()
+
+        train_model(TrainConfig.from_dict(train_config_dict(config)), report=keep)
+        for epoch, path in ((2, tr.epoch_checkpoint_path(2)), (3, tr.epoch_checkpoint_path(3)),
+                            (4, tr.ARTIFACT_CHECKPOINT)):
+            local = client.download_artifacts(run_id, path, str(tmp_path / run_id / str(epoch)))
+            assert sorted(p.name for p in Path(local).iterdir()) == ["meta.json",
+                                                                     "model.safetensors"]
+            model, meta = load_checkpoint(local)
+            assert meta["epoch"] == epoch
+            state = model.state_dict()
+            assert all(torch.equal(weights[epoch][k].cpu(), state[k]) for k in state), (epoch, path)
+        logged = client.get_metric_history(run_id, tr.METRIC_CLEAN_ACC)
+        assert meta_at(client, run_id, 3, tmp_path)["metrics"][tr.METRIC_CLEAN_ACC] == next(
+            m.value for m in logged if m.step == 3)
+
+    # The analysis by epoch: 2 models at each of epochs 2, 3 and 4 (the final ones).
+    monkeypatch.setenv("UNISWEEP_HOME", str(tmp_path))
+    from analysis.__main__ import main as analysis_main
+
+    uri = ["--tracking-uri", spec.tracking.uri]
+    assert analysis_main(["run", "ckpts", "--epoch", "1", "--actors", "0", *uri]) == 2
+    assert "epochs 2, 3, 4 (4 = the final ones)" in capsys.readouterr().err
+    assert analysis_main(["run", "ckpts", "--epochs", "all", "--actors", "0", "--no-report",
+                          "--measures", "linear_cka", *uri]) == 0
+    assert "3 new pair results" in capsys.readouterr().out
+
+
+def meta_at(client, run_id: str, epoch: int, tmp_path: Path) -> dict:
+    local = client.download_artifacts(run_id, f"{tr.epoch_checkpoint_path(epoch)}/meta.json",
+                                      str(tmp_path / "meta" / run_id))
+    return json.loads(Path(local).read_text())

@@ -111,6 +111,14 @@ class TrainConfig:
         "spec's is read by `attack_step_rule`; a TrainConfig's is absolute (null: 2.5 * eps / "
         "attack_steps)",
         spec="train.attack_step_size", tunable=True)
+    checkpoint_every: int | None = setting(
+        None, integer(0, optional=True), "log the weights every N epochs to the trial's MLflow "
+        "run as `checkpoints/epoch_XXX/` (0 or null: off); the last epoch's are the final "
+        "`checkpoint/`, always logged", spec="train.checkpoint_every", changes_weights=False)
+    keep_checkpoints: int | None = setting(
+        None, integer(1, optional=True), "how many of those epoch checkpoints stay in MLflow: "
+        "the newest K (null: all); older ones are deleted where the artifact store can delete",
+        spec="train.keep_checkpoints", changes_weights=False)
     # -- evaluation (the spec's `eval:` section, and the eval subset in `dataset:`)
     eval_attack_steps: int = setting(20, integer(1), "PGD steps of the per-epoch robust "
                                      "accuracy (`eval/robust_acc`)", spec="eval.attack_steps",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,10 +26,13 @@ __all__ = [
     "TAG_THREAT_MODEL", "TAG_DATASET", "TAG_ROLE", "TAG_PARENT",
     "METRIC_TRAIN_LOSS", "METRIC_TRAIN_ACC", "METRIC_CLEAN_ACC", "METRIC_ROBUST_ACC",
     "METRIC_EPOCH", "METRIC_EPOCH_TIME", "METRIC_FINAL_CLEAN_ACC", "METRIC_FINAL_ROBUST_ACC",
-    "METRIC_TOTAL_TIME", "ARTIFACT_CHECKPOINT", "final_robust_at", "format_eps",
+    "METRIC_TOTAL_TIME", "ARTIFACT_CHECKPOINT", "ARTIFACT_EPOCH_CHECKPOINTS",
+    "epoch_checkpoint_path", "logged_epochs", "delete_artifacts", "final_robust_at", "format_eps",
     "arch_label", "Paths", "default_paths", "resolve_tracking_uri", "store_exists", "make_client",
     "with_retries", "ensure_experiment", "find_sweep_run", "find_trial_run", "search_sweep_runs",
-    "flatten_params", "chunks",
+    "flatten_params", "chunks", "TAG_NOTE", "TAG_EXPERIMENT_KIND", "EXPERIMENT_KIND",
+    "trial_run_name", "sweep_child_run", "set_description", "REPORT_MARK", "with_report_line",
+    "runs_page_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,8 +47,15 @@ TAG_EPS = "unisweep.eps"
 TAG_SEED = "unisweep.seed"
 TAG_THREAT_MODEL = "unisweep.threat_model"
 TAG_DATASET = "unisweep.dataset"
-TAG_ROLE = "unisweep.role"  # sweep | trial | hpo | analysis
-TAG_PARENT = "mlflow.parentRunId"
+TAG_ROLE = "unisweep.role"  # sweep | trial | hpo | analysis | reproduction
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI lists a child under it
+TAG_NOTE = "mlflow.note.content"  # a run's / an experiment's description (Markdown) in the UI
+# Marks the experiment as model training (not GenAI). MLflow 3.17's UI decides the page by its
+# own "GenAI / Model training" switch (browser storage, default GenAI) or the URL's
+# `workflowType=machine_learning`, so `python -m sweeps ui` prints that URL (`runs_page_url`).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+REPORT_MARK = "**Report:**"  # starts the line of a sweep's description that says where it is
 
 # Metric names, logged with step = epoch.
 METRIC_TRAIN_LOSS = "train/loss"
@@ -56,8 +68,11 @@ METRIC_FINAL_CLEAN_ACC = "final/clean_acc"
 METRIC_FINAL_ROBUST_ACC = "final/robust_acc"
 METRIC_TOTAL_TIME = "time/train_s"  # sum of epoch times, restarts excluded
 
-# A trial's final checkpoint (model.safetensors + meta.json) lives under this artifact path.
+# A trial's final checkpoint (model.safetensors + meta.json) lives under this artifact path,
+# the ones logged during training (train.checkpoint_every) under checkpoints/epoch_XXX/.
 ARTIFACT_CHECKPOINT = "checkpoint"
+ARTIFACT_EPOCH_CHECKPOINTS = "checkpoints"
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
 # MLflow error codes worth retrying: the store is busy or restarting, not the request wrong.
 _TRANSIENT_CODES = frozenset({
@@ -78,6 +93,11 @@ def arch_label(arch: str, width: float = 1.0) -> str:
     ``resnet18-w0.125`` (the one place this label is spelled)."""
     width = float(width)
     return arch if width == 1.0 else f"{arch}-w{width:g}"
+
+
+def trial_run_name(arch: str, width: float, threat_model: str, eps: float, seed: int) -> str:
+    """A trial run's name in the MLflow UI: ``resnet18-w0.125 / linf 0.1 / seed 0``."""
+    return f"{arch_label(arch, width)} / {threat_model} {float(eps):g} / seed {seed}"
 
 
 def final_robust_at(eps: float) -> str:
@@ -192,7 +212,8 @@ def ensure_experiment(client: MlflowClient, name: str, *,
             ``<artifact_location>/<name>``.
 
     Returns:
-        The experiment id (string).
+        The experiment id (string). The experiment carries ``mlflow.experimentKind =
+        custom_model_development`` (a model-training experiment), also when it existed already.
     """
     from mlflow.entities import LifecycleStage
 
@@ -200,10 +221,14 @@ def ensure_experiment(client: MlflowClient, name: str, *,
     if exp is not None:
         if exp.lifecycle_stage == LifecycleStage.DELETED:
             with_retries(client.restore_experiment, exp.experiment_id)
+        if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+            with_retries(client.set_experiment_tag, exp.experiment_id, TAG_EXPERIMENT_KIND,
+                         EXPERIMENT_KIND)
         return exp.experiment_id
     location = _artifact_uri(artifact_location).rstrip("/") + "/" + name
     try:
-        return with_retries(client.create_experiment, name, artifact_location=location)
+        return with_retries(client.create_experiment, name, artifact_location=location,
+                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
     except Exception:
         # Another process created it between our lookup and create: use theirs.
         exp = with_retries(client.get_experiment_by_name, name)
@@ -251,6 +276,79 @@ def find_trial_run(client: MlflowClient, experiment_id: str, *, sweep: str,
         log.warning("trial %s of sweep %s has %d runs; continuing the oldest (%s)",
                     trial_id, sweep, len(runs), runs[0].info.run_id)
     return runs[0] if runs else None
+
+
+def sweep_child_run(client: MlflowClient, experiment_id: str, *, sweep: str, role: str) -> str:
+    """The id of the sweep's one run of ``role`` (``analysis``, ``reproduction``): the newest
+    existing one, else a new run ``<sweep>-<role>`` nested under the sweep's parent run."""
+    runs = search_sweep_runs(client, experiment_id, sweep=sweep, role=role)
+    if runs:
+        return runs[-1].info.run_id
+    tags = {TAG_SWEEP: sweep, TAG_ROLE: role}
+    parent = find_sweep_run(client, experiment_id, sweep)
+    if parent is not None:
+        tags[TAG_PARENT] = parent.info.run_id
+    run = with_retries(client.create_run, experiment_id, tags=tags, run_name=f"{sweep}-{role}")
+    return run.info.run_id
+
+
+def set_description(client: MlflowClient, experiment_id: str, run_id: str | None,
+                    text: str) -> None:
+    """Write ``text`` (Markdown) as the description of the experiment and, if given, of a run:
+    the UI shows the experiment's above its runs table and the run's on the run page."""
+    with_retries(client.set_experiment_tag, experiment_id, TAG_NOTE, text)
+    if run_id is not None:
+        with_retries(client.set_tag, run_id, TAG_NOTE, text)
+
+
+def with_report_line(note: str, line: str) -> str:
+    """``note`` with its `REPORT_MARK` line replaced by ``line`` (appended if it has none)."""
+    kept = [ln for ln in note.splitlines() if not ln.startswith(REPORT_MARK)]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join([*kept, "", line]) + "\n"
+
+
+def runs_page_url(base_url: str, experiment_id: str) -> str:
+    """The UI page that lists an experiment's runs, in the UI's model-training mode, sorted by
+    run name: a flat list, trials included (sorted by start time, the UI folds child runs
+    under their parent run)."""
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType="
+            "machine_learning&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true")
+
+
+def epoch_checkpoint_path(epoch: int) -> str:
+    """Artifact path of the checkpoint logged after epoch ``epoch``: ``checkpoints/epoch_005``."""
+    return f"{ARTIFACT_EPOCH_CHECKPOINTS}/epoch_{int(epoch):03d}"
+
+
+def logged_epochs(client: MlflowClient, run_id: str) -> list[int]:
+    """The epochs whose checkpoints a run holds under ``checkpoints/``, ascending."""
+    listed = with_retries(client.list_artifacts, run_id, ARTIFACT_EPOCH_CHECKPOINTS)
+    found = (_EPOCH_DIR.match(posixpath.basename(a.path)) for a in listed if a.is_dir)
+    return sorted(int(m[1]) for m in found if m)
+
+
+def delete_artifacts(client: MlflowClient, run_id: str, path: str) -> bool:
+    """Delete ``path`` (a file or a folder) from a run's artifacts.
+
+    Returns:
+        False when the run's artifact store cannot delete (MLflow's repositories for Databricks,
+        DBFS, FTP and Azure Data Lake raise "not implemented"; a tracking server proxying
+        artifacts refuses when it does not serve them); the artifacts then stay.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    run = with_retries(client.get_run, run_id)
+    try:
+        repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
+        with_retries(repo.delete_artifacts, path)
+    except (NotImplementedError, MlflowException, OSError) as exc:
+        log.warning("cannot delete artifact %s of run %s (%s): %s", path, run_id,
+                    run.info.artifact_uri, exc)
+        return False
+    return True
 
 
 def flatten_params(tree: Mapping[str, Any], *, prefix: str = "") -> dict[str, str]:

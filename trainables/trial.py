@@ -19,7 +19,9 @@ of `trainables.config.TrainConfig`.
 MLflow: exactly one run per trial, a child of the sweep's parent run. After a restart (a
 crashed worker, `Tuner.restore`) the trial finds its run again by tags (sweep + Tune trial id)
 and continues it; the run is always ended (FINISHED, or FAILED on an exception). The final
-checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `checkpoint/`.
+checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `checkpoint/`; with
+``train.checkpoint_every: N`` also every N-th epoch's before the last, under
+`checkpoints/epoch_XXX/`, of which the newest ``train.keep_checkpoints`` stay. The run is named ``arch / threat eps / seed``.
 
 A trial whose run is already FINISHED with its checkpoint logged (the driver died after the
 trial ended but before Tune saved that) is never trained again: it reports the run's final
@@ -81,15 +83,16 @@ def train_config_dict(config: dict[str, Any]) -> dict[str, Any]:
             "num_threads": config.get("num_threads")}
 
 
-def _open_run(client: Any, trk: dict[str, Any], run: Any, *, trial_id: str, key: str,
+def _open_run(client: Any, trk: dict[str, Any], run: Any, *, trial_id: str, name: str,
               params: dict[str, Any], tags: dict[str, str]) -> str:
     """Continue this trial's earlier run (``run``, found by tag) or create it as a child of the
-    sweep run; return the run id."""
+    sweep run, named ``name`` (tuning trials: ``hpo <trial id> / name``); return the run id."""
     if run is not None:
         tr.with_retries(client.update_run, run.info.run_id, status="RUNNING")
         log.info("continuing MLflow run %s of trial %s", run.info.run_id, trial_id)
         return run.info.run_id
-    name = key if trk["role"] == "trial" else f"{trk['role']}-{key}-{trial_id}"
+    if trk["role"] != "trial":
+        name = f"{trk['role']} {trial_id} / {name}"
     run = tr.with_retries(client.create_run, trk["experiment_id"], tags=tags, run_name=name)
     flat = tr.flatten_params(params)
     for batch in tr.chunks([Param(k, v[:6000]) for k, v in flat.items()], 100):
@@ -116,6 +119,32 @@ def _report_finished(client: Any, run: Any, *, trial_id: str) -> bool:
         local = tr.with_retries(client.download_artifacts, run_id, tr.ARTIFACT_CHECKPOINT, tmp)
         tune.report(dict(run.data.metrics), checkpoint=tune.Checkpoint.from_directory(local))
     return True
+
+
+def _log_files(client: Any, run_id: str, ckpt_dir: Path, artifact_path: str) -> None:
+    for name in _CHECKPOINT_FILES:
+        tr.with_retries(client.log_artifact, run_id, str(Path(ckpt_dir) / name), artifact_path)
+
+
+class _EpochCheckpoints:
+    """Logs ``checkpoints/epoch_XXX/`` (weights + meta) to the trial's run and keeps the newest
+    ``keep`` of them (None: all). Older ones are deleted from the run's artifacts; where the
+    artifact store cannot delete, all are kept and that is said once."""
+
+    def __init__(self, client: Any, run_id: str, *, keep: int | None) -> None:
+        self.client, self.run_id, self.keep, self.can_delete = client, run_id, keep, True
+
+    def log(self, ckpt_dir: Path, epoch: int) -> None:
+        _log_files(self.client, self.run_id, ckpt_dir, tr.epoch_checkpoint_path(epoch))
+        if self.keep is None or not self.can_delete:
+            return
+        for old in tr.logged_epochs(self.client, self.run_id)[:-self.keep]:
+            if not tr.delete_artifacts(self.client, self.run_id, tr.epoch_checkpoint_path(old)):
+                self.can_delete = False
+                log.warning("run %s: its artifact store cannot delete; keeping every epoch "
+                            "checkpoint (keep_checkpoints=%d is not applied)", self.run_id,
+                            self.keep)
+                return
 
 
 def _maybe_fault(fault: dict[str, Any] | None, *, trial_id: str, epoch: int) -> None:
@@ -151,8 +180,11 @@ def run_trial(config: dict[str, Any]) -> None:
             tr.TAG_EPS: tr.format_eps(cfg.eps), tr.TAG_SEED: str(cfg.seed),
             tr.TAG_THREAT_MODEL: cfg.threat_model, tr.TAG_DATASET: cfg.dataset,
             tr.TAG_ROLE: trk["role"], tr.TAG_PARENT: trk["parent_run_id"]}
-    run_id = _open_run(client, trk, run, trial_id=trial_id, key=key, tags=tags,
+    name = tr.trial_run_name(cfg.arch, cfg.width, cfg.threat_model, cfg.eps, cfg.seed)
+    run_id = _open_run(client, trk, run, trial_id=trial_id, name=name, tags=tags,
                        params={**cfg.to_dict(), "cell": key})
+
+    keep_epochs = _EpochCheckpoints(client, run_id, keep=cfg.keep_checkpoints)
 
     def report(metrics: dict[str, Any], ckpt_dir: Path) -> None:
         epoch = int(metrics[tr.METRIC_EPOCH])
@@ -164,10 +196,10 @@ def run_trial(config: dict[str, Any]) -> None:
         batch = [Metric(k, v, now, epoch) for k, v in scalars.items()]
         for part in tr.chunks(batch, 1000):
             tr.with_retries(client.log_batch, run_id, metrics=part)
+        if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
+            keep_epochs.log(ckpt_dir, epoch)  # the last epoch's weights are checkpoint/
         if epoch == cfg.epochs:
-            for name in _CHECKPOINT_FILES:
-                tr.with_retries(client.log_artifact, run_id, str(Path(ckpt_dir) / name),
-                                tr.ARTIFACT_CHECKPOINT)
+            _log_files(client, run_id, ckpt_dir, tr.ARTIFACT_CHECKPOINT)
         tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
         _maybe_fault(config.get("_fault"), trial_id=trial_id, epoch=epoch)
 

@@ -1,7 +1,8 @@
 """What the analysis runs every model on: the sweep's models and their inputs.
 
 - ``discovery``: the sweep's finished models as ``ModelRef`` records, found in MLflow;
-  ``load_model`` rebuilds one from its checkpoint;
+  ``load_model`` rebuilds one from its checkpoint; ``epochs``: the models at chosen training
+  epochs (the checkpoints logged during training);
 - ``base``: the contracts ``EvalSet`` and ``InputSet``; ``eval_set``: loading each dataset's fixed
   evaluation subset and refusing models evaluated on other inputs;
 - ``sets``: the ``clean``, ``adv``, ``adv_shared`` and ``train_split`` input sets;
@@ -22,6 +23,7 @@ from analysis.inputs.discovery import (
     models_frame,
     quiet_downloads,
 )
+from analysis.inputs.epochs import Epochs, at_epochs, parse_epochs
 from analysis.inputs.eval_set import check_data_hash, load_eval_set, load_eval_sets
 from analysis.inputs.extract import LAYER, ArtifactCache, Block, extract_all, forward_artifacts
 from analysis.inputs.inversion import (
@@ -51,7 +53,8 @@ from analysis.inputs.sets import (
 __all__ = [
     # discovery
     "ModelRef", "SkippedRun", "Discovery", "discover_models", "load_model",
-    "download_checkpoint", "models_frame", "quiet_downloads",
+    "download_checkpoint", "models_frame", "quiet_downloads", "Epochs", "at_epochs",
+    "parse_epochs",
     # eval set and input sets
     "EvalSet", "InputSet", "array_hash", "load_eval_set", "load_eval_sets", "check_data_hash",
     "CleanInputs", "OwnAdversarialInputs", "SharedAdversarialInputs", "TrainSplitInputs",

@@ -31,6 +31,7 @@ __all__ = [
     "download_checkpoint",
     "models_frame",
     "quiet_downloads",
+    "read_meta",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,13 @@ class ModelRef:
         data: how the trial drew its data, the ``trainables.data.load_dataset`` options
             ``root``, ``eval_size``, ``eval_seed``, ``image_size`` (from the run's params, else
             ``meta.json``'s ``config``), so the analysis reloads the same eval set unasked.
+        epoch: the training epoch of this checkpoint (the final one: the epochs trained).
+        final: True for the trial's final checkpoint (``checkpoint/``), False for one logged
+            during training (``checkpoints/epoch_XXX/``, ``train.checkpoint_every``). Such a
+            model's ``run_id`` is ``<run id>_epoch<XXX>`` and its label ends in ``-ep<E>``, so
+            that each (trial, epoch) is one item of the pair table.
+        mlflow_run_id: the trial's MLflow run ("" = ``run_id``, the final checkpoint's case).
+        checkpoint_path: the artifact path of the checkpoint directory within that run.
     """
 
     run_id: str
@@ -83,6 +91,15 @@ class ModelRef:
     num_gpus: float = 0.0
     params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    epoch: int = 0
+    final: bool = True
+    mlflow_run_id: str = ""
+    checkpoint_path: str = CHECKPOINT_PATH
+
+    @property
+    def run(self) -> str:
+        """The MLflow run holding this model's checkpoint."""
+        return self.mlflow_run_id or self.run_id
 
 
 @dataclass(frozen=True)
@@ -164,8 +181,9 @@ def quiet_downloads() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _read_meta(run_id: str, tracking_uri: str | None) -> dict[str, Any]:
-    """Download only ``checkpoint/meta.json`` of a run (small) and parse it."""
+def read_meta(run_id: str, tracking_uri: str | None,
+               path: str = CHECKPOINT_PATH) -> dict[str, Any]:
+    """Download only ``<path>/meta.json`` of a run (small) and parse it."""
     import mlflow  # mlflow (heavy) only when a store is read: importing this module stays light
 
     quiet_downloads()
@@ -173,7 +191,7 @@ def _read_meta(run_id: str, tracking_uri: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id,
-            artifact_path=f"{CHECKPOINT_PATH}/meta.json",
+            artifact_path=f"{path}/meta.json",
             dst_path=tmp,
             tracking_uri=tracking_uri,
         )
@@ -181,12 +199,12 @@ def _read_meta(run_id: str, tracking_uri: str | None) -> dict[str, Any]:
             return json.loads(Path(local).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(
-                f"run {run_id}: {CHECKPOINT_PATH}/meta.json is not valid JSON ({exc})"
+                f"run {run_id}: {path}/meta.json is not valid JSON ({exc})"
             ) from exc
 
 
 def _known_sweeps(client) -> list[str]:
-    from mlflow.entities import ViewType  # mlflow only when a store is read (see _read_meta)
+    from mlflow.entities import ViewType  # mlflow only when a store is read (see read_meta)
 
     names = []
     for exp in tr.with_retries(client.search_experiments, view_type=ViewType.ACTIVE_ONLY):
@@ -278,7 +296,7 @@ def _to_ref(client, run, tracking_uri: str | None) -> ModelRef | SkippedRun:
         return SkippedRun(run.info.run_id, label, status,
                           f"missing checkpoint: {CHECKPOINT_PATH}/{', '.join(missing)} not logged")
     try:
-        meta = _read_meta(run.info.run_id, tracking_uri)
+        meta = read_meta(run.info.run_id, tracking_uri)
     except CheckpointError as exc:
         return SkippedRun(run.info.run_id, label, status, str(exc))
     metrics = run.data.metrics
@@ -301,17 +319,19 @@ def _to_ref(client, run, tracking_uri: str | None) -> ModelRef | SkippedRun:
         num_gpus=float(params.get("num_gpus", params.get("resources.gpu", 0)) or 0),
         params=params,
         data=_data_options(params, meta),
+        epoch=int(meta.get("epoch") or 0),
     )
 
 
 def download_checkpoint(ref: ModelRef, dst: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """Download the run's ``checkpoint/`` artifact directory into ``dst``; returns its path."""
-    import mlflow  # mlflow only when a store is read (see _read_meta)
+    """Download the model's checkpoint directory (the run's ``checkpoint/``, or the epoch's
+    ``checkpoints/epoch_XXX/``) into ``dst``; returns its path."""
+    import mlflow  # mlflow only when a store is read (see read_meta)
 
     quiet_downloads()
     try:
         local = mlflow.artifacts.download_artifacts(
-            run_id=ref.run_id, artifact_path=CHECKPOINT_PATH, dst_path=str(dst),
+            run_id=ref.run, artifact_path=ref.checkpoint_path, dst_path=str(dst),
             tracking_uri=tracking_uri,
         )
     except Exception as exc:  # MLflow raises several types for a missing/unreadable artifact

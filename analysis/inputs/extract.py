@@ -168,6 +168,8 @@ def _run_jobs(jobs: list[tuple[str, Callable, tuple, float]], *, use_ray: bool,
     out: dict[str, Any] = {}
     if not jobs:
         return out
+    if progress:
+        progress(what, 0, len(jobs))  # the stage's clock starts now
 
     def finish(name: str, result: Any) -> None:
         out[name] = result
@@ -246,8 +248,10 @@ def _usable(models: Sequence[ModelRef], bases: Mapping[str, EvalSet],
 
 
 def _by_dataset(models: Sequence[ModelRef]) -> list[tuple[str, tuple[ModelRef, ...]]]:
-    datasets = sorted({m.dataset for m in models})
-    return [(d, tuple(m for m in models if m.dataset == d)) for d in datasets]
+    """The comparison groups: the models of one dataset and one training epoch (an analysis by
+    epoch compares models at the same epoch only; final models share their epoch count)."""
+    groups = sorted({(m.dataset, m.epoch) for m in models})
+    return [(d, tuple(m for m in models if (m.dataset, m.epoch) == (d, e))) for d, e in groups]
 
 
 def _build_inputs(plan: list[_Planned], bases: Mapping[str, EvalSet], cache: ArtifactCache,
@@ -269,8 +273,12 @@ def _build_inputs(plan: list[_Planned], bases: Mapping[str, EvalSet], cache: Art
         cache.save(cache.inputs_path(key), {**p.iset.extras(bases[p.dataset]), "X": X, "y": y,
                                             "info": np.array(json.dumps(info))})
 
-    built = _run_jobs(list({j[0]: j for j in jobs}.values()), use_ray=use_ray, progress=progress,
-                      what="inputs", on_result=save_inputs)
+    unique = list({j[0]: j for j in jobs}.values())
+    built: dict[str, Any] = {}
+    for name in dict.fromkeys(made_by[j[0]].iset.name for j in unique):  # e.g. "inputs inverted"
+        built.update(_run_jobs([j for j in unique if made_by[j[0]].iset.name == name],
+                               use_ray=use_ray, progress=progress, what=f"inputs {name}",
+                               on_result=save_inputs))
     inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for p in plan:
         if p.iset.name == "clean":

@@ -25,6 +25,8 @@ import pandas as pd
 
 from analysis.engine.store import ResultStore
 from analysis.report import figures as fg
+from analysis.report.epochs import section_html as epochs_section
+from analysis.report.epochs import vs_epoch
 from analysis.report import inversion as inv
 from analysis.report.markup import CSS, figure, grid, note, section, table
 from analysis.report.tables import (
@@ -45,8 +47,6 @@ __all__ = ["build_report", "VS_EPS_KEYS"]
 log = logging.getLogger(__name__)
 
 VS_EPS_KEYS = ["dataset", "input_set", "measure", "params", "pair_eps", "arch_group"]
-EPOCH_KEYS = ["dataset", "input_set", "measure", "params", "pair_eps", "pair_epoch",
-              "arch_group"]
 
 
 @dataclass
@@ -91,7 +91,9 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
     d = _load(Path(out_dir), sweep)
     everything = annotate(d.pairs, d.models)
     everything.to_csv(d.rdir / "pairs_grouped.csv", index=False)
-    epochs = _over_training(everything, d.rdir)
+    by_epoch = vs_epoch(everything)
+    by_epoch.to_csv(d.rdir / "vs_epoch.csv", index=False)
+    epochs = epochs_section(by_epoch, d.rdir)
     # The sections show the final models; those at earlier epochs only the "over training" one.
     shown = final_ids(d.models)
     keep = d.pairs["model_a"].isin(shown) & d.pairs["model_b"].isin(shown)
@@ -225,30 +227,6 @@ def _heatmaps(tidy: pd.DataFrame, d: _Data) -> str:
                 "to column b. Distances use the reversed colours: darker = more similar "
                 "everywhere.") + "".join(parts)
     return section("heatmaps", "Heatmaps", body)
-
-
-def _over_training(everything: pd.DataFrame, rdir: Path) -> str:
-    """Similarity over training (``vs_epoch.csv``): same-eps, same-epoch pairs of an analysis
-    by epoch; shown only when several epochs were analysed."""
-    if "pair_epoch" not in everything or everything["pair_epoch"].notna().sum() == 0:
-        return ""
-    same = everything[everything["pair_eps"].notna() & everything["pair_epoch"].notna()]
-    by_epoch = summarise(same, keys=EPOCH_KEYS)
-    by_epoch.to_csv(rdir / "vs_epoch.csv", index=False)
-    parts = []
-    for dataset, iset in _sets(by_epoch):
-        sub = by_epoch[(by_epoch["dataset"] == dataset) & (by_epoch["input_set"] == iset)
-                       & (by_epoch["arch_group"] == "different-arch")]
-        if sub["pair_epoch"].nunique() < 2:
-            continue
-        styles = {e: (f"eps={e:g}", f"C{k}", "-", "o")
-                  for k, e in enumerate(sorted(sub["pair_eps"].unique()))}
-        parts.append(figure(fg.small_multiples(
-            sub, x="pair_epoch", series="pair_eps", styles=styles, xlabel="training epoch",
-            path=rdir / f"vs_epoch_{_tag(dataset, iset)}.png",
-            title=f"Similarity vs training epoch, {iset} inputs ({dataset}): cross-architecture "
-                  f"pairs of the same eps and epoch")))
-    return section("training", "Over training", "".join(parts)) if parts else ""
 
 
 def _details(d: _Data) -> str:

@@ -9,7 +9,8 @@ each model's features and logits once on each (``analysis.inputs.extract``, cach
 with ``python -m analysis run``); gather them into a ``StudyData``, with the clean and inverted
 pair values ``pairs.parquet`` already holds; measure robust accuracy and train the probes; hand
 the arrays to ``evaluate_targets``; write ``reports/<sweep>/reproduction.{md,json}``
-(``analysis.reproduction.writer``) and attach them to the sweep's analysis run in MLflow.
+(``analysis.reproduction.writer``) and attach them to the sweep's reproduction run in
+MLflow (a child of the sweep's run, like the analysis run).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def _run_group(sweep: str, disc: Discovery, refs: list[ModelRef], cfg: ReproConf
     eps_values = sorted({m.eps for m in refs})
     study.robust_acc = _robust_at(refs, base.X, base.y, eps_values[-1], cfg, where.tracking_uri,
                                   progress=progress)
-    _train_probes(study, refs, base, train, cfg)
+    _train_probes(study, refs, base, train, cfg, progress=progress)
     results = evaluate_targets(study, config=cfg)
     header = _header(sweep, disc, failures, refs, base, study, train, inputs, cfg)
     header["pair_values_available_from_analysis_table"] = n_known
@@ -234,6 +235,8 @@ def _robust_at(refs: Sequence[ModelRef], X: np.ndarray, y: np.ndarray, eps: floa
     """Robust accuracy of every model under the same PGD attack at ``eps`` (target 1)."""
     out = {}
     device = pick_device()
+    if progress:
+        progress("robust accuracy", 0, len(refs))
     for ref in refs:
         model, _ = load_model(ref, tracking_uri=tracking_uri)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -246,12 +249,15 @@ def _robust_at(refs: Sequence[ModelRef], X: np.ndarray, y: np.ndarray, eps: floa
 
 
 def _train_probes(study: StudyData, refs: Sequence[ModelRef], base: EvalSet, train: Arrays,
-                  cfg: ReproConfig) -> None:
+                  cfg: ReproConfig, *, progress: Progress | None = None) -> None:
     """Probes (target 7) for the smallest and the largest eps, where >= 2 models have features
     on the training split."""
     clean = study.clean
     eps_values = sorted({m.eps for m in refs})
-    for e in {eps_values[0], eps_values[-1]}:
+    groups = sorted({eps_values[0], eps_values[-1]})
+    for k, e in enumerate(groups):
+        if progress:
+            progress("probes (eps groups)", k, len(groups))
         ids = [m.label for m in refs if m.eps == e]
         if len(ids) >= 2 and all(i in train for i in ids):
             study.probes[f"eps={e:g}"] = run_probes(
@@ -259,6 +265,8 @@ def _train_probes(study: StudyData, refs: Sequence[ModelRef], base: EvalSet, tra
                 {i: clean[i]["features"] for i in ids}, base.y, num_classes=base.num_classes,
                 eval_ids=base.indices, head_logits={i: clean[i]["logits"] for i in ids},
                 config=cfg.probes)
+    if progress:
+        progress("probes (eps groups)", len(groups), len(groups))
 
 
 def _header(sweep: str, disc: Discovery, failures: Mapping[str, str], refs: Sequence[ModelRef],
@@ -343,14 +351,12 @@ def _known_values(path: Path, where_by_inputs: Mapping[str, str],
 
 
 def _log_to_mlflow(sweep: str, files: Sequence[Path], tracking_uri: str) -> None:
-    """Attach the report to the sweep's newest analysis run, if one exists."""
+    """Attach the report to the sweep's reproduction run (nested under the sweep's run)."""
     client = tr.make_client(tracking_uri)
     exp = tr.with_retries(client.get_experiment_by_name, sweep)
     if exp is None:
         return
-    runs = tr.search_sweep_runs(client, exp.experiment_id, sweep=sweep, role="analysis")
-    if not runs:
-        log.info("no analysis run for sweep %s: report not logged to MLflow", sweep)
-        return
+    run_id = tr.sweep_child_run(client, exp.experiment_id, sweep=sweep, role="reproduction")
     for f in files:
-        tr.with_retries(client.log_artifact, runs[-1].info.run_id, str(f), "reproduction")
+        tr.with_retries(client.log_artifact, run_id, str(f), "reproduction")
+    tr.with_retries(client.set_terminated, run_id, "FINISHED")
