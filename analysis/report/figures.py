@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -66,17 +67,20 @@ def _panels(n: int, *, ncols: int, w: float, h: float, title: str):
     return fig, list(axes.flat[:n])
 
 
-def _ylim(ax, lo: np.ndarray, hi: np.ndarray, measure: str) -> None:
-    """Fit the estimates and intervals, but never beyond the measure's possible range (an
-    interval past it is cut at the axis: it is wide, and the axis stays readable)."""
-    lo, hi = lo[np.isfinite(lo)], hi[np.isfinite(hi)]
-    if not lo.size:
+def _ylim(ax, est: np.ndarray, lo: np.ndarray, hi: np.ndarray, measure: str) -> None:
+    """Fit the estimates and their intervals, but never beyond the measure's possible range nor
+    far beyond the estimates (1.5 times their spread each side): a wide interval of a small grid
+    is cut at the panel's edge, and the estimates stay readable."""
+    est, lo, hi = est[np.isfinite(est)], lo[np.isfinite(lo)], hi[np.isfinite(hi)]
+    if not est.size:
         return
-    a, b = float(lo.min()), float(hi.max())
+    c_lo, c_hi = float(est.min()), float(est.max())
+    reach = 1.5 * max(c_hi - c_lo, 0.05 * max(abs(c_lo), abs(c_hi)), 1e-3)
+    a = max(float(lo.min()) if lo.size else c_lo, c_lo - reach)
+    b = min(float(hi.max()) if hi.size else c_hi, c_hi + reach)
     info = measure_info(measure)
     pad = max(0.08 * (b - a), 1e-3)
-    a, b = max(a - pad, info.lo - pad), min(b + pad, info.hi + pad)
-    ax.set_ylim(a, b)
+    ax.set_ylim(max(a - pad, info.lo - pad), min(b + pad, info.hi + pad))
 
 
 def _series_line(ax, s: pd.DataFrame, xpos: np.ndarray, style: Series) -> None:
@@ -89,7 +93,7 @@ def _series_line(ax, s: pd.DataFrame, xpos: np.ndarray, style: Series) -> None:
 
 def small_multiples(table: pd.DataFrame, *, x: str, series: str, title: str, path: Path,
                     xlabel: str, styles: Mapping[object, Series] | None = None,
-                    ncols: int = 4, size: tuple[float, float] = (3.35, 2.25)) -> Path:
+                    ncols: int = 4, size: tuple[float, float] = (3.35, 2.05)) -> Path:
     """One panel per (measure, params), its own y scale; x = ``table[x]`` (numbers, or strings
     shown as categories), one line per ``table[series]`` value with its interval.
 
@@ -118,9 +122,9 @@ def small_multiples(table: pd.DataFrame, *, x: str, series: str, title: str, pat
             shift = (j - (len(live) - 1) / 2) * 0.025 * span  # bars side by side, not on top
             style = styles.get(g) or (str(g), f"C{order.index(g) % 10}", "-", "o")
             _series_line(ax, s, s["_x"].to_numpy(float) + shift, style)
-        _ylim(ax, sub["ci_lo"].fillna(sub["estimate"]).to_numpy(float),
-              sub["ci_hi"].fillna(sub["estimate"]).to_numpy(float), measure)
-        ax.set_title(panel_title(measure, params), fontsize=9.5)
+        _ylim(ax, sub["estimate"].to_numpy(float), sub["ci_lo"].to_numpy(float),
+              sub["ci_hi"].to_numpy(float), measure)
+        ax.set_title(textwrap.fill(panel_title(measure, params), 38), fontsize=9)
         ax.set_ylabel(measure_info(measure).axis, fontsize=8)
         ax.set_xticks(xs, cats if cats else [f"{v:g}" for v in xs], fontsize=8,
                       rotation=20 if cats else 0)

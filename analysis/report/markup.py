@@ -27,7 +27,8 @@ figcaption{color:#666;font-size:11px}figcaption a{color:#666}
 .note{background:#f5f6f8;border-left:3px solid #9aa5b1;padding:5px 10px;font-size:12px;margin:6px 0}
 .warn{background:#fff6e0;border-left:3px solid #e0a100;padding:6px 10px;margin:6px 0}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(430px,1fr));gap:8px 14px}
-.answer h2{margin-top:10px}
+.answer h2{margin-top:6px;margin-bottom:4px}.answer .tbl td,.answer .tbl th{padding:1px 7px}
+.answer .tbl td:nth-child(3){white-space:nowrap}.answer .note{margin:3px 0;padding:3px 10px}
 tr.v-holds td{background:#e6f4e3}tr.v-fails td{background:#fbe4e1}
 tr.v-inconclusive td{background:#fdf4d9}tr.v-untestable td{background:#efefef;color:#555}
 tr.v-partial td{background:#e6eef9}

@@ -139,10 +139,10 @@ def _verdicts(d: _Data) -> str:
                  "verdicts on the current table.")
     blocks = [b for g in d.repro["groups"] for b in verdict_table(g)]
     return (to_html(blocks) + note(
-        f"From `reproduction.json` ({when}); the reasons and every estimate are in "
-        f"[the reproduction details](#details) below and in `reproduction.md`. Intervals: "
-        f"{100 * LEVEL:.0f}% leave-one-architecture-out jackknife over architecture pairs "
-        f"(SPEC §10).{stale}"))
+        f"From `reproduction.json` ({when}): reasons and estimates in the reproduction details "
+        f"below and in `reproduction.md`; {100 * LEVEL:.0f}% leave-one-architecture-out "
+        f"jackknife intervals (SPEC §10).{stale}").replace("reproduction details", "<a href='#details'>reproduction "
+                                       "details</a>", 1))
 
 
 def _answer(d: _Data, vs_eps: pd.DataFrame) -> str:
@@ -156,9 +156,10 @@ def _answer(d: _Data, vs_eps: pd.DataFrame) -> str:
             title=f"Similarity and agreement vs eps, {iset} inputs ({dataset}): mean over "
                   f"same-eps pairs, {100 * LEVEL:.0f}% interval")
         figs.append(figure(path, "Each panel has its own y scale; distances (lower = more "
-                                 "similar) are labelled so. Intervals are cut at a measure's "
-                                 "possible range; a point without a bar has no interval."))
-    return ("<div class='answer'>" + _verdicts(d) + "".join(figs) + "</div>")
+                                 "similar) are labelled so. A wide interval is cut at the "
+                                 "panel's edge (its ends are in the CSV); a point without a bar "
+                                 "has no interval."))
+    return "<div class='answer'>" + _verdicts(d) + "".join(figs) + "</div>"
 
 
 def _fort(fort: pd.DataFrame, rdir: Path) -> str:

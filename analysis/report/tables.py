@@ -28,7 +28,7 @@ KIND = {"different-arch": "cross", "same-arch-different-seed": "intra",
         "same-arch-same-seed": "intra"}
 #: The paper's measures first (SPEC §3.1), then the other representational ones, then agreement.
 PREFERRED = ("linear_cka_debiased", "linear_cka", "procrustes_sim", "knn_jaccard", "rtd",
-             "agreement", "jsd_sim", "cohen_kappa")
+             "agreement", "jsd_sim", "cohen_kappa", "transfer_target", "transfer_seed")
 
 
 @dataclass(frozen=True)
