@@ -21,7 +21,8 @@ crashed worker, `Tuner.restore`) the trial finds its run again by tags (sweep + 
 and continues it; the run is always ended (FINISHED, or FAILED on an exception). The final
 checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `checkpoint/`; with
 ``train.checkpoint_every: N`` also every N-th epoch's before the last, under
-`checkpoints/epoch_XXX/`, of which the newest ``train.keep_checkpoints`` stay. The run is named ``arch / threat eps / seed``.
+`checkpoints/epoch_XXX/`, of which the newest ``train.keep_checkpoints`` stay. The run is named
+``arch / threat eps / seed``.
 
 A trial whose run is already FINISHED with its checkpoint logged (the driver died after the
 trial ended but before Tune saved that) is never trained again: it reports the run's final
