@@ -122,7 +122,10 @@ def final_ids(models: pd.DataFrame) -> set[str]:
 
 def ordered_pairs(rows: pd.DataFrame) -> bool:
     """True when the rows hold ordered pairs (both (a, b) and (b, a) stored: per-model input sets
-    such as inverted images, or an asymmetric measure)."""
+    such as inverted images, or an asymmetric measure); rows without model ids count as
+    unordered."""
+    if "model_a" not in rows or "model_b" not in rows:
+        return False
     fwd = set(zip(rows["model_a"], rows["model_b"], strict=True))
     return any((b, a) in fwd for a, b in fwd)
 
