@@ -267,9 +267,9 @@ def _analyse(spec: SweepSpec) -> None:
     echo(f"\n== analysis of {spec.name}: all pairs, measures {', '.join(DEMO_MEASURES)}")
     run_analysis(spec.name, tracking_uri=uri, measures=DEMO_MEASURES, actors=2,
                  progress=ProgressLine(sys.stdout))
-    html = run_report(spec.name, tracking_uri=uri)
     echo(f"\n== reproduction targets (SPEC section 8) on {spec.name}")
     repro = run_reproduction(spec.name, tracking_uri=uri, progress=ProgressLine(sys.stdout))
+    html = run_report(spec.name, tracking_uri=uri)  # after the reproduction: it shows its verdicts
     echo(f"\nreport:         {html}")
     echo(f"reproduction:   {repro}")
     echo(f"pair table:     {report_dir(spec.name) / 'pairs.parquet'}")

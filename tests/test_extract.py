@@ -4,6 +4,7 @@ tasks == serial."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -115,3 +116,23 @@ def test_input_sets_pickle_for_ray_tasks(sweep):
     X, y = make_input_set("train_split", max_train=100).build(base, None, tracking_uri=None)
     assert X.shape == (100, 1, 8, 8) and X.dtype == np.float32 and y.dtype == np.int64
     assert X.min() >= 0 and X.max() <= 1 and len(np.unique(y)) == 10
+
+
+def test_inverted_inputs_cache_their_seed_target_pairing(sweep, tmp_path):
+    """The report's inversion figure reads the pairing from the cached inputs, not recomputed."""
+    store, disc, base = sweep
+    models = [m for m in disc.models if m.seed != 9][:2]
+    inv = make_input_set("inverted", iterations=2, num_targets=8)
+    cache = ArtifactCache(tmp_path / "inv")
+    blocks, failures = extract_all(models, [inv], bases={"digits": base}, cache=cache,
+                                   tracking_uri=store["tracking_uri"])
+    assert failures == {} and len(blocks) == len(models)
+    seed_idx, target_idx = inv.pairs(base)
+    for b, m in zip(blocks, models, strict=True):
+        z = ArtifactCache.load(cache.inputs_path(b.inputs_key))
+        np.testing.assert_array_equal(z["seed_idx"], seed_idx)
+        np.testing.assert_array_equal(z["target_idx"], target_idx)
+        np.testing.assert_array_equal(z["seed_y"], base.y[seed_idx])
+        np.testing.assert_array_equal(z["y"], base.y[target_idx])
+        assert z["X"].shape == (8, *base.X.shape[1:])
+        assert json.loads(str(z["info"]))["source"] == m.run_id

@@ -79,6 +79,11 @@ class InputSet(ABC):
         measure params such as k-NN's ``k < N`` before any work starts."""
         return int(len(base.y))
 
+    def extras(self, base: EvalSet) -> dict[str, np.ndarray]:
+        """Small arrays cached beside the built inputs (``cache/inputs/<key16>.npz``) that say
+        how they were made, e.g. the inversion's seed/target pairing; none by default."""
+        return {}
+
     def source_for(self, models: Sequence[ModelRef]) -> list[ModelRef | None]:
         """The models whose inputs are built: every model for per-model sets, else one."""
         return list(models) if self.per_model else [None]

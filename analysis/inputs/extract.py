@@ -268,9 +268,10 @@ def _build_inputs(plan: list[_Planned], bases: Mapping[str, EvalSet], cache: Art
             return
         p = made_by[key]
         X, y = res
-        cache.save(cache.inputs_path(key), {"X": X, "y": y, "info": np.array(json.dumps(
-            {"set": p.iset.name, "params": p.iset.params(), "dataset": p.dataset,
-             "source": p.source.run_id if p.source else None, "content_hash": array_hash(X, y)}))})
+        info = {"set": p.iset.name, "params": p.iset.params(), "dataset": p.dataset,
+                "source": p.source.run_id if p.source else None, "content_hash": array_hash(X, y)}
+        cache.save(cache.inputs_path(key), {**p.iset.extras(bases[p.dataset]), "X": X, "y": y,
+                                            "info": np.array(json.dumps(info))})
 
     unique = list({j[0]: j for j in jobs}.values())
     built: dict[str, Any] = {}

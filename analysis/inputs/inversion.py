@@ -10,9 +10,8 @@ large L2 ball around the seed, a clamp to [0, 1], and the best iterate kept per 
 images keep only the features f uses; they form one *per-model* input set (row i of an inverted
 similarity matrix uses model i's inverted images).
 
-Deviations from the paper's code (`casparil/rob-univ`, `univ/image_inversion.py`), on purpose:
-the per-image best loss is returned so convergence can be checked (SPEC §7 item 10), the
-seed/target pairing is seeded and vectorised, and images stay float32 (no uint8 truncation).
+Deviations from `casparil/rob-univ`'s `univ/image_inversion.py`, on purpose: the best loss per
+image is returned (SPEC §7 item 10), the pairing is seeded, images stay float32 (no uint8).
 
 ``InvertedInputs`` is the ``inverted`` input set. torch is imported inside the functions that run
 the optimiser: the input-set registry imports this module, and `analysis report` needs no torch.
@@ -380,6 +379,11 @@ class InvertedInputs(InputSet):
     def pairs(self, base: EvalSet) -> tuple[np.ndarray, np.ndarray]:
         """The shared (seed_idx, target_idx) pairing for ``base``."""
         return pair_seeds_and_targets(base.y, seed=self.pairing_seed, num_targets=self.num_targets)
+
+    def extras(self, base: EvalSet) -> dict[str, np.ndarray]:
+        """The pairing (indices into the eval set) and the seeds' labels, cached beside them."""
+        seed_idx, target_idx = self.pairs(base)
+        return {"seed_idx": seed_idx, "target_idx": target_idx, "seed_y": base.y[seed_idx]}
 
     def build(self, base: EvalSet, source, *, tracking_uri: str | None):
         import torch  # see the module docstring
