@@ -290,6 +290,24 @@ def test_a_spec_that_sets_nothing_trains_with_the_declared_defaults():
     assert cfg.lr == 0.1 and cfg.epochs == 10 and cfg.final_eval_steps == 50
 
 
+def test_a_trial_config_stored_before_a_setting_existed_resumes_with_its_default():
+    """A sweep started by an older unisweep is resumed from trial configs that lack settings
+    declared since (e.g. train.checkpoint_every): they take the declared default."""
+    from sweeps.tuner import SweepHandle, base_param_space  # Ray
+    from trainables.trial import train_config_dict
+
+    spec = load_spec(SWEEPS / "demo.yaml", check_paths=False)
+    cell = spec.cells()[-1]
+    config = {**base_param_space(spec, SweepHandle(spec, None, "1", "parent"), role="trial"),
+              "model": {"arch": cell.arch.name, "width": cell.arch.width},
+              "threat_model": cell.threat_model, "eps": cell.eps, "seed": cell.seed}
+    new = TrainConfig.from_dict(train_config_dict(config))
+    for section, key in (("train", "checkpoint_every"), ("train", "keep_checkpoints"),
+                         ("train", "attack_step_rule")):
+        del config[section][key]
+    assert TrainConfig.from_dict(train_config_dict(config)) == new
+
+
 def test_spec_reference_tables_are_generated_from_the_declarations():
     """docs/spec-reference.md shows every declared setting of dataset/train/eval, as declared
     (regenerate with `python -m trainables.config docs/spec-reference.md`)."""

@@ -230,9 +230,12 @@ def from_spec_sections(sections: Mapping[str, Mapping[str, Any]], *, eps: float)
     for name, s in SETTINGS.items():
         if s.spec is not None:
             section, key = s.spec.split(".", 1)
-            out[name] = sections[section][key]
-    out["attack_step_size"] = attack_step_size(sections["train"]["attack_step_rule"],
-                                               out["attack_step_size"], eps)
+            # A trial config stored by an older unisweep lacks settings declared since: a new
+            # setting's default keeps the old behaviour, so resuming such a sweep takes it.
+            given = sections.get(section, {})
+            out[name] = given[key] if key in given or s.required else s.default
+    rule = sections.get("train", {}).get("attack_step_rule", ATTACK_STEP_RULE.default)
+    out["attack_step_size"] = attack_step_size(rule, out["attack_step_size"], eps)
     return out
 
 
