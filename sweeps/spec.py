@@ -29,14 +29,15 @@ from sweeps._fields import (Section, as_choice, as_float, as_int, as_list, as_lo
 from sweeps.grid import ArchSpec, Cell, ThreatSpec
 from sweeps.spec_hpo import HpoSpec, parse_hpo
 from trainables import tracking as tr
-from trainables.config import SETTINGS, THREAT_MODELS, spec_settings
+from trainables.config import (LOCAL_DATASETS, SETTINGS, THREAT_MODELS, check_set_sizes,
+                               spec_settings)
 from trainables.errors import ConfigError
 
 __all__ = ["SweepSpec", "DatasetSpec", "TrainSpec", "EvalSpec", "ResourceSpec", "TrackingSpec",
            "load_spec", "parse_spec", "parse_number", "Section"]
 
 # Input dimension C*H*W where fixed; an L2 epsilon at or above sqrt(dim) covers the whole cube.
-_INPUT_DIM = {"digits": 1 * 8 * 8, "cifar10": 3 * 32 * 32}
+_INPUT_DIM = {"digits": 1 * 8 * 8, "shapes": 3 * 32 * 32, "cifar10": 3 * 32 * 32}
 _DATASET, _TRAIN, _EVAL = (spec_settings(s) for s in ("dataset", "train", "eval"))
 
 # The sections whose keys are declared settings: one attribute per key (spec.train.epochs, ...).
@@ -160,7 +161,8 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
 def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
     values = read_section(sec, _DATASET, home=home)
     name, root = values["name"], values["root"]
-    if name != "digits" and root is None:
+    check_set_sizes(name, n_train=values["n_train"], n_test=values["n_test"], prefix="dataset.")
+    if name in LOCAL_DATASETS and root is None:
         raise fail(sec.field("root"), None, f"the local directory holding {name}",
                    problem=f"is missing (required for {name}; nothing is downloaded)")
     if root is not None and check_paths and not Path(root).is_dir():

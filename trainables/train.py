@@ -165,7 +165,8 @@ def train_model(cfg: TrainConfig, *, resume_from: str | Path | None = None,
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
     bundle = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.eval_seed,
-                          eval_size=cfg.eval_size, image_size=cfg.image_size)
+                          eval_size=cfg.eval_size, image_size=cfg.image_size,
+                          n_train=cfg.n_train, n_test=cfg.n_test)
     # Built even when resuming: its initialisation draws from torch's RNG, restored below.
     model = build_model(cfg.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                         image_size=bundle.image_size, width=cfg.width, mean=bundle.mean,

@@ -62,7 +62,8 @@ class ModelRef:
         num_gpus: GPUs the trial ran with (extraction asks for the same).
         params: the run's MLflow params (strings).
         data: how the trial drew its data, the ``trainables.data.load_dataset`` options
-            ``root``, ``eval_size``, ``eval_seed``, ``image_size`` (from the run's params, else
+            ``root``, ``eval_size``, ``eval_seed``, ``image_size``, ``n_train``, ``n_test`` (from
+            the run's params, else
             ``meta.json``'s ``config``), so the analysis reloads the same eval set unasked.
     """
 
@@ -135,14 +136,15 @@ def _label(arch: str, width: float, eps: float, seed: int) -> str:
 
 # load_dataset option -> TrainConfig field (logged as a run param and in meta.json's config)
 _DATA_FIELDS = {"root": "data_root", "eval_size": "eval_size", "eval_seed": "eval_seed",
-                "image_size": "image_size"}
+                "image_size": "image_size", "n_train": "n_train", "n_test": "n_test"}
 
 
 def _data_options(params: dict[str, str], meta: dict[str, Any]) -> dict[str, Any]:
     """The trial's data options: MLflow params (``data_root`` or ``<prefix>.data_root``, ...)
     first, then ``meta.json`` ``config``; missing ones keep ``load_dataset``'s defaults."""
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    out: dict[str, Any] = {"root": None, "eval_size": None, "eval_seed": 0, "image_size": None}
+    out: dict[str, Any] = {"root": None, "eval_size": None, "eval_seed": 0, "image_size": None,
+                           "n_train": None, "n_test": None}
     for option, name in _DATA_FIELDS.items():
         raw: Any = next((v for k, v in params.items() if k == name or k.endswith("." + name)),
                         config.get(name))
