@@ -141,10 +141,10 @@ _DATA_FIELDS = {"root": "data_root", "eval_size": "eval_size", "eval_seed": "eva
 
 def _data_options(params: dict[str, str], meta: dict[str, Any]) -> dict[str, Any]:
     """The trial's data options: MLflow params (``data_root`` or ``<prefix>.data_root``, ...)
-    first, then ``meta.json`` ``config``; missing ones keep ``load_dataset``'s defaults."""
+    first, then ``meta.json`` ``config``; missing ones keep ``load_dataset``'s defaults (the
+    set sizes ``n_train`` / ``n_test`` appear only where a trial set them)."""
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    out: dict[str, Any] = {"root": None, "eval_size": None, "eval_seed": 0, "image_size": None,
-                           "n_train": None, "n_test": None}
+    out: dict[str, Any] = {"root": None, "eval_size": None, "eval_seed": 0, "image_size": None}
     for option, name in _DATA_FIELDS.items():
         raw: Any = next((v for k, v in params.items() if k == name or k.endswith("." + name)),
                         config.get(name))
@@ -211,8 +211,8 @@ def discover_models(sweep: str, *, tracking_uri: str | None = None) -> Discovery
 
     Returns:
         A ``Discovery`` whose models are sorted by (dataset, eps, arch, seed) and whose skipped
-        list says, per run, why it is left out (failed, still running, killed, missing or
-        unreadable checkpoint, duplicate of a trial).
+        list says, per run, why it is left out (failed, still running, killed, under-trained
+        (tag ``unisweep.undertrained``), missing or unreadable checkpoint, duplicate of a trial).
 
     Raises:
         UserError: the sweep does not exist (the message lists the sweeps that do).
@@ -273,6 +273,9 @@ def _to_ref(client, run, tracking_uri: str | None) -> ModelRef | SkippedRun:
         why = {"FAILED": "trial failed", "RUNNING": "trial still running",
                "SCHEDULED": "trial not started", "KILLED": "trial was killed"}
         return SkippedRun(run.info.run_id, label, status, why.get(status, f"status {status}"))
+    if tags.get(tr.TAG_UNDERTRAINED) == "true":  # never compared silently (eval.min_clean_acc)
+        return SkippedRun(run.info.run_id, label, status,
+                          f"under-trained: {tags.get(tr.TAG_UNDERTRAINED_WHY, '?')}; not compared")
     listed = tr.with_retries(client.list_artifacts, run.info.run_id, CHECKPOINT_PATH)
     names = {Path(a.path).name for a in listed}
     missing = [f for f in CHECKPOINT_FILES if f not in names]
