@@ -4,9 +4,10 @@ Every error is a `ConfigError` on one line naming the dotted field, the value an
 allowed, e.g. ``train.epochs=0 is not allowed; allowed: an integer >= 1``. Unknown keys are
 errors. Epsilons are floats on the [0, 1] pixel scale; ``"8/255"`` is parsed once, at load, by
 a tiny fraction parser (never ``eval``). The per-field readers live in `sweeps._fields`, the
-grid's value types in `sweeps.grid`, the ``hpo:`` block in `sweeps.spec_hpo`. The keys, defaults
-and ranges of the ``dataset:``, ``train:`` and ``eval:`` sections are the settings declared in
-`trainables.config` (one declaration for the spec, the trial and the docs).
+grid's value types in `sweeps.grid`, the ``hpo:`` block in `sweeps.spec_hpo`, the ``analysis:``
+block in `sweeps.spec_analysis`. The keys, defaults and ranges of the ``dataset:``, ``train:`` and
+``eval:`` sections are the settings declared in `trainables.config` (one declaration for the
+spec, the trial and the docs).
 Field reference: docs/spec-reference.md.
 """
 
@@ -27,6 +28,7 @@ from sweeps._fields import (Section, as_choice, as_float, as_int, as_list, as_lo
                             check_unique, fail, parse_number, read_section, read_value,
                             section_class)
 from sweeps.grid import ArchSpec, Cell, ThreatSpec
+from sweeps.spec_analysis import AnalysisSpec, parse_analysis
 from sweeps.spec_hpo import HpoSpec, parse_hpo
 from trainables import tracking as tr
 from trainables.config import (LOCAL_DATASETS, SETTINGS, THREAT_MODELS, check_set_sizes,
@@ -73,6 +75,7 @@ class SweepSpec:
     tracking: TrackingSpec
     storage: str  # Ray Tune storage path (absolute) or URI (s3://...)
     hpo: HpoSpec | None = None
+    analysis: AnalysisSpec = AnalysisSpec()
     description: str = ""
     source: str = ""  # the YAML text as loaded (logged with the sweep)
 
@@ -150,12 +153,14 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
     hpo = None
     if top.get("hpo", None) is not None:
         hpo = parse_hpo(Section(top.get("hpo"), "hpo"), archs=archs, threats=threats, seeds=seeds)
+    analysis = parse_analysis(Section(top.get("analysis", {}), "analysis"))
     top.done()
     _check_arch_names(archs, arch_fields)
     return SweepSpec(name=name, dataset=dataset, archs=archs, threats=threats, seeds=seeds,
                      train=train, eval=evaluation, resources=resources,
                      max_concurrent=max_concurrent, max_failures=max_failures, tracking=tracking,
-                     storage=storage, hpo=hpo, description=description, source=source)
+                     storage=storage, hpo=hpo, analysis=analysis, description=description,
+                     source=source)
 
 
 def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
