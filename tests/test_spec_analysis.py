@@ -79,10 +79,12 @@ def test_shapes_yaml_is_the_universality_grid_and_shares_its_inversion():
     assert (spec.train.optimizer, spec.train.lr, spec.train.schedule) == ("adam", 2e-3, "cosine")
     assert spec.train.attack_steps == 3 and spec.eval.min_clean_acc == 0.85
     check_analysis(spec.analysis)
-    assert set(spec.analysis.measures) == {"linear_cka", "procrustes_sim", "knn_jaccard:k=10",
-                                           "agreement"}
+    assert set(spec.analysis.measures) == {"linear_cka", "linear_cka_debiased", "procrustes_sim",
+                                           "knn_jaccard:k=10", "agreement"}
     inverted = parse_input_set(spec.analysis.input_sets[1])
     cfg = repro_config(spec.analysis)
-    assert (cfg.inversion_iterations, cfg.inversion_targets) == (200, 100)
-    assert inverted.params()["iterations"] == 200 and inverted.num_targets == 100
+    assert (cfg.inversion_iterations, cfg.inversion_targets) == (200, 200)
+    assert inverted.params()["iterations"] == 200 and inverted.num_targets == 200
+    # biased CKA is meaningful only with more inputs than features (vgg11_bn-w0.25: 128)
+    assert inverted.num_targets > 512 * 0.25
     assert cfg.inversion_iterations_alt is None  # 0 in the spec: the sensitivity run is skipped
