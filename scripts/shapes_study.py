@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from analysis.inputs.inversion import InversionConfig, invert
 from analysis.measures import compare
 from trainables.attacks import pgd, robust_accuracy
 from trainables.data import random_crop_flip
 from trainables.models import build_model
+from trainables.train import train_step
 from trainables import shapes
 from trainables.shapes import SHAPE_NAMES, TEST_SEED, TRAIN_SEED, generate_shapes
 
@@ -152,15 +152,11 @@ def train(job: dict, a: argparse.Namespace) -> tuple[torch.nn.Module, list[dict]
             if e > 0:
                 xb = pgd(model, xb, yb, norm="linf", eps=e, step_size=2.5 * e / a.pgd_steps,
                          steps=a.pgd_steps, random_start=True, generator=gen)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, hits = train_step(model, opt, xb, yb)
             if per == "batch":
                 sched.step()
-            loss_sum += float(loss.detach()) * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
+            loss_sum += loss * len(yb)
+            correct += hits
             seen += len(yb)
         if per == "epoch":
             sched.step()

@@ -37,7 +37,7 @@ from trainables.models import UniModel, build_model
 from trainables.rng import rng_state, seed_everything, set_rng_state
 from trainables.settings import add_arguments
 
-__all__ = ["TrainResult", "train_model", "main"]
+__all__ = ["TrainResult", "train_model", "train_step", "main"]
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict, Path], None]
@@ -97,6 +97,17 @@ def _batches(bundle: DatasetBundle, cfg: TrainConfig, gen: torch.Generator,
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
+def train_step(model: UniModel, opt: torch.optim.Optimizer, xb: torch.Tensor,
+               yb: torch.Tensor) -> tuple[float, int]:
+    """One optimiser step on a (possibly adversarial) batch: (mean loss, correct predictions)."""
+    logits = model(xb)
+    loss = F.cross_entropy(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach()), int((logits.argmax(1) == yb).sum())
+
+
 def _train_epoch(model: UniModel, opt, sched, bundle: DatasetBundle, cfg: TrainConfig,
                  gen: torch.Generator, device: torch.device, step_size: float) -> dict:
     """One pass over the training set (PGD examples when eps > 0); the schedule steps after."""
@@ -106,13 +117,9 @@ def _train_epoch(model: UniModel, opt, sched, bundle: DatasetBundle, cfg: TrainC
         if cfg.eps > 0:
             xb = pgd(model, xb, yb, norm=cfg.threat_model, eps=cfg.eps, step_size=step_size,
                      steps=cfg.attack_steps, random_start=True, generator=gen)
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += float(loss.detach()) * len(yb)
-        correct += int((logits.argmax(1) == yb).sum())
+        loss, hits = train_step(model, opt, xb, yb)
+        loss_sum += loss * len(yb)
+        correct += hits
         seen += len(yb)
     lr = opt.param_groups[0]["lr"]
     if sched is not None:
