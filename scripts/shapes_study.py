@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures as cf
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import time
