@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("sweep")
     run.add_argument("--measures", nargs="+", default=None,
                      help="measure specs name[:key=value...], space or comma separated "
-                          "(default: the paper's set + linear_cka)")
+                          "(default: the paper's set + linear_cka + the inversion transfer, "
+                          "which runs on the inverted set only)")
     run.add_argument("--actors", type=int, default=2,
                      help="Ray actors for the pair engine (0 = serial, no Ray); default 2")
     run.add_argument("--input-sets", default="clean",

@@ -40,6 +40,7 @@ from analysis.inputs import (
     Discovery,
     EvalSet,
     InputSet,
+    InvertedInputs,
     ModelRef,
     discover_models,
     extract_all,
@@ -54,7 +55,7 @@ from trainables import tracking as tr
 from trainables.errors import ConfigError, UserError
 
 __all__ = ["AnalysisResult", "run_analysis", "run_report", "report_dir", "check_specs_fit",
-           "ensure_ray"]
+           "ensure_ray", "inputs_extras"]
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         skipped.update({k: f"{label.get(k, k)}: {v}" for k, v in failures.items()})
         store = ResultStore(out_dir / "pairs.parquet")
         new_rows, stats = _compute(blocks, specs, store, actors=actors,
-                                   retry_errors=retry_errors, progress=progress)
+                                   retry_errors=retry_errors, progress=progress,
+                                   extras=inputs_extras(blocks, isets, bases, disc.models))
     finally:
         if started:
             import ray  # started above, so imported already
@@ -227,8 +229,29 @@ def check_specs_fit(specs: Sequence[MeasureSpec], input_sets: Sequence[InputSet]
                     raise MeasureInputError(f"measure {spec} does not fit {where}: {why}") from None
 
 
+def inputs_extras(blocks: Sequence[Block], isets: Sequence[InputSet],
+                  bases: Mapping[str, EvalSet],
+                  models: Sequence[ModelRef]) -> dict[str, dict[str, np.ndarray]]:
+    """inputs hash -> arrays the engine takes beside the items' own (``Extras``): for every
+    inverted block, the seeds' classes (``seed_labels``) of its shared seed/target pairing,
+    which ``transfer_seed`` compares the column model's predictions with."""
+    by_id = {m.run_id: m for m in models}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for iset in isets:
+        if not isinstance(iset, InvertedInputs):
+            continue
+        for blk in blocks:
+            base, source = bases.get(blk.dataset), by_id.get(blk.rows[0])
+            if blk.input_set == iset.name and base is not None and source is not None \
+                    and iset.key(base, source) == blk.inputs_key:
+                seed_idx, _ = iset.pairs(base)
+                out[blk.inputs_key] = {"seed_labels": np.asarray(base.y)[seed_idx]}
+    return out
+
+
 def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: ResultStore, *,
              actors: int, retry_errors: bool, progress: Progress | None,
+             extras: Mapping[str, Mapping[str, np.ndarray]] | None = None,
              flush_s: float = 10.0) -> tuple[int, dict[str, Any]]:
     """Plan the pairs the store lacks and run the engine on them, appending rows to the store
     every ``flush_s`` seconds and at the end; returns (rows written, engine stats)."""
@@ -253,7 +276,7 @@ def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: Resul
         if progress:
             progress("pairs", done, total)
 
-    stats = engine.run(plan, items, sink=sink, progress=on_pairs)
+    stats = engine.run(plan, items, sink=sink, progress=on_pairs, extras=extras)
     written[0] += store.append(buffer, replace_errors=retry_errors)
     return written[0], stats.__dict__
 

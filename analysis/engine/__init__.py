@@ -2,7 +2,7 @@
 resumable result store.
 
 - ``spec``: ``MeasureSpec`` (a registered measure plus params), ``parse_measure``,
-  ``DEFAULT_MEASURES`` / ``DEMO_MEASURES``;
+  ``DEFAULT_MEASURES`` / ``DEMO_MEASURES`` / ``TRANSFER_MEASURES``;
 - ``plan``: ``plan_pairs``, the pairs each spec needs that the store does not hold yet;
 - ``compare``: what both engines do per item (prepare) and per pair (compare, result row);
 - ``serial``: ``SerialEngine``, the in-process reference; ``actors``: ``RayEngine`` on a pool of
@@ -19,6 +19,7 @@ from analysis.engine.serial import SerialEngine
 from analysis.engine.spec import (
     DEFAULT_MEASURES,
     DEMO_MEASURES,
+    TRANSFER_MEASURES,
     MeasureSpec,
     parse_measure,
     spec_key,
@@ -27,6 +28,6 @@ from analysis.engine.store import COLUMNS, KEY, ResultStore, canonical_params, p
 
 __all__ = [
     "MeasureSpec", "parse_measure", "spec_key", "DEFAULT_MEASURES", "DEMO_MEASURES",
-    "PairTask", "item_id", "plan_pairs", "EngineStats", "SerialEngine", "RayEngine",
-    "make_engine", "ResultStore", "COLUMNS", "KEY", "canonical_params", "params_hash",
+    "TRANSFER_MEASURES", "PairTask", "item_id", "plan_pairs", "EngineStats", "SerialEngine",
+    "RayEngine", "make_engine", "ResultStore", "COLUMNS", "KEY", "canonical_params", "params_hash",
 ]

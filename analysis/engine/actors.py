@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.engine.compare import (EngineStats, Items, Progress, Rows, Sink, compare_pair,
-                                     emit_rows, error_text, load_item, measure_arrays,
+from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink,
+                                     compare_pair, emit_rows, error_text, load_item, measure_arrays,
                                      prepare_state, result_row)
 from analysis.engine.plan import PairTask
 from analysis.engine.serial import SerialEngine
@@ -188,7 +188,9 @@ class RayEngine:
         self._pids = {}
 
     def run(self, plan: Mapping[MeasureSpec, list[PairTask]], items: Items, *,
-            sink: Sink, progress: Progress | None = None) -> EngineStats:
+            sink: Sink, progress: Progress | None = None,
+            extras: Extras | None = None) -> EngineStats:
+        """``SerialEngine.run`` on the actor pool (same arguments, the same rows)."""
         total = sum(len(v) for v in plan.values())
         if total == 0:
             return self.stats
@@ -200,14 +202,16 @@ class RayEngine:
             for spec, tasks in plan.items():
                 if tasks:
                     t0 = time.perf_counter()
-                    done = self._run_spec(spec, tasks, items, sink, progress, done, total)
+                    done = self._run_spec(spec, tasks, items, extras or {}, sink, progress,
+                                          done, total)
                     self.stats.per_measure_s[str(spec)] = time.perf_counter() - t0
         finally:
             if owned:
                 self._stop()
         return self.stats
 
-    def _prepare_all(self, spec: MeasureSpec, tasks: list[PairTask], items: Items):
+    def _prepare_all(self, spec: MeasureSpec, tasks: list[PairTask], items: Items,
+                     extras: Extras):
         import ray  # see the module docstring
 
         inputs_of = {}
@@ -217,7 +221,8 @@ class RayEngine:
         states: dict[str, Any] = {}
         t0 = time.perf_counter()
         for k, (iid, inputs_hash) in enumerate(inputs_of.items()):
-            X, extra = measure_arrays(spec.name, load_item(items[iid]))
+            X, extra = measure_arrays(spec.name, load_item(items[iid]),
+                                      extras.get(inputs_hash))
             if "labels" in extra and inputs_hash not in labels:
                 labels[inputs_hash] = ray.put(np.asarray(extra["labels"]))
             x_ref = ray.put(np.asarray(X))  # each item's array enters the object store once
@@ -227,10 +232,10 @@ class RayEngine:
         self.stats.prepare_s += time.perf_counter() - t0
         return states, labels
 
-    def _run_spec(self, spec, tasks, items, sink, progress, done, total) -> int:
+    def _run_spec(self, spec, tasks, items, extras, sink, progress, done, total) -> int:
         import ray  # see the module docstring
 
-        states, labels = self._prepare_all(spec, tasks, items)
+        states, labels = self._prepare_all(spec, tasks, items, extras)
         target = self.tile_pairs or min(512, max(1, len(tasks) // (8 * self.n)))
         queue = deque((tile, 0) for tile in _tiles(tasks, target))
         slots = [0] * self.n

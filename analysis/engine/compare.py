@@ -18,15 +18,18 @@ import numpy as np
 
 from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
-from analysis.measures import Measure, get_measure
+from analysis.measures import Measure, MeasureInputError, get_measure
 
-__all__ = ["EngineStats", "Rows", "Sink", "Progress", "Items", "measure_arrays", "load_item",
-           "prepare_state", "compare_pair", "has_block", "result_row", "error_text", "emit_rows"]
+__all__ = ["EngineStats", "Rows", "Sink", "Progress", "Items", "Extras", "measure_arrays",
+           "load_item", "prepare_state", "compare_pair", "has_block", "result_row", "error_text",
+           "emit_rows"]
 
 Rows = list[dict[str, Any]]
 Sink = Callable[[Rows], None]
 Progress = Callable[[int, int], None]
 Items = Mapping[str, Mapping[str, np.ndarray] | str | os.PathLike]
+#: inputs hash -> arrays describing those inputs, shared by every item on them (``seed_labels``)
+Extras = Mapping[str, Mapping[str, np.ndarray]]
 
 
 @dataclass
@@ -43,12 +46,30 @@ class EngineStats:
     requeued_tiles: int = 0
 
 
-def measure_arrays(name: str, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
-    """The input a measure takes (features / predicted labels / probs) and its label param."""
+def measure_arrays(name: str, arrays: Mapping[str, np.ndarray],
+                   extras: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
+    """The input a measure takes (features / predicted labels / probs) and its label param.
+
+    Args:
+        name: registered measure.
+        arrays: one item's artifacts (``features``, ``preds``, ``probs``, ``labels``, ...).
+        extras: arrays describing the item's inputs, shared by every model on them (the
+            inverted set's ``seed_labels``); the item's own arrays win on a name clash.
+
+    Raises:
+        MeasureInputError: the measure's ``labels_from`` array is in neither.
+    """
     m = get_measure(name)
     which = {"features": "features", "labels": "preds", "probs": "probs"}[m.input]
-    extra = {"labels": arrays["labels"]} if "labels" in m.params else {}
-    return arrays[which], extra
+    if "labels" not in m.params:
+        return arrays[which], {}
+    found = {**(extras or {}), **arrays}
+    if m.labels_from not in found:
+        raise MeasureInputError(
+            f"measure {name!r} takes labels= from the array {m.labels_from!r}, which these "
+            f"inputs do not carry (they have {sorted(found)}); it runs on input sets "
+            f"{list(m.input_sets or ['any'])}")
+    return arrays[which], {"labels": found[m.labels_from]}
 
 
 def load_item(source: Mapping[str, np.ndarray] | str | os.PathLike) -> Mapping[str, np.ndarray]:

@@ -54,14 +54,19 @@ def plan_pairs(blocks: Iterable[Any], specs: Sequence[MeasureSpec], *,
         done: stored result keys (``analysis.engine.store.KEY`` order); these pairs are skipped.
 
     Returns:
-        spec -> list of ``PairTask``; symmetric measures on shared blocks get i < j only.
+        spec -> list of ``PairTask``; symmetric measures on shared blocks get i < j only; a
+        measure declared for some input sets only (``Measure.input_sets``, e.g. the inversion
+        transfer) gets no pairs on the others.
     """
     done = done or set()
     out: dict[MeasureSpec, list[PairTask]] = {}
     for spec in specs:
-        symmetric = get_measure(spec.name).symmetric
+        measure = get_measure(spec.name)
+        symmetric = measure.symmetric
         tasks = []
         for blk in blocks:
+            if measure.input_sets is not None and blk.input_set not in measure.input_sets:
+                continue
             order = {r: i for i, r in enumerate(blk.cols)}
             for a in blk.rows:
                 for b in blk.cols:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 
-from analysis.engine.compare import (EngineStats, Items, Progress, Rows, Sink, compare_pair,
-                                     emit_rows, has_block, load_item, measure_arrays,
+from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink,
+                                     compare_pair, emit_rows, has_block, load_item, measure_arrays,
                                      prepare_state, result_row)
 from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
@@ -36,7 +36,18 @@ class SerialEngine:
         self.stats = EngineStats()
 
     def run(self, plan: Mapping[MeasureSpec, list[PairTask]], items: Items, *,
-            sink: Sink, progress: Progress | None = None) -> EngineStats:
+            sink: Sink, progress: Progress | None = None,
+            extras: Extras | None = None) -> EngineStats:
+        """Compute every planned pair; rows go to ``sink``.
+
+        Args:
+            plan: ``plan_pairs``' output.
+            items: item id -> its arrays, or the path of its cached ``.npz``.
+            sink: takes each chunk of result rows.
+            progress: ``progress(done, total)``.
+            extras: inputs hash -> arrays shared by the items on those inputs (the inverted
+                set's ``seed_labels``), for measures whose ``labels_from`` names one.
+        """
         total = sum(len(v) for v in plan.values())
         done = 0
         for spec, tasks in plan.items():
@@ -47,19 +58,21 @@ class SerialEngine:
             for t in tasks:
                 groups.setdefault(t.inputs_hash, []).append(t)
             for group in groups.values():
-                for rows in self._run_group(spec, group, items):
+                for rows in self._run_group(spec, group, items, (extras or {}).get(
+                        group[0].inputs_hash)):
                     done += len(rows)
                     emit_rows(self.stats, rows, sink, progress, done, total)
             self.stats.per_measure_s[str(spec)] = time.perf_counter() - t_spec
         return self.stats
 
-    def _run_group(self, spec: MeasureSpec, group: list[PairTask], items: Items) -> Iterator[Rows]:
+    def _run_group(self, spec: MeasureSpec, group: list[PairTask], items: Items,
+                   extras: Mapping | None) -> Iterator[Rows]:
         """Rows of one input array's pairs, yielded in chunks (progress + periodic flushes)."""
         ids = list(dict.fromkeys([t.a for t in group] + [t.b for t in group]))
         t0 = time.perf_counter()
         states, extra = {}, {}
         for i in ids:
-            X, extra = measure_arrays(spec.name, load_item(items[i]))
+            X, extra = measure_arrays(spec.name, load_item(items[i]), extras)
             states[i] = prepare_state(spec.name, spec.kwargs, X, extra)
         self.stats.prepare_s += time.perf_counter() - t0
         t0 = time.perf_counter()

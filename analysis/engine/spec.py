@@ -3,7 +3,8 @@
 ``MeasureSpec("knn_jaccard", {"k": 10})`` (or ``(("k", 10),)``) names a computation; its params
 are kept as a sorted tuple, so a spec is hashable, compares equal however its params were given,
 and keys the pair engine's plans. ``parse_measure`` reads the CLI's ``name[:key=value...]``;
-``DEFAULT_MEASURES`` is the paper's set, ``DEMO_MEASURES`` its cheaper variant for the demo.
+``DEFAULT_MEASURES`` is the paper's set (with ``TRANSFER_MEASURES``, the inversion transfer),
+``DEMO_MEASURES`` its cheaper variant for the demo.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from analysis.engine.store import canonical_params, params_hash
 from analysis.measures import MeasureInputError, get_measure
 
-__all__ = ["MeasureSpec", "parse_measure", "spec_key", "DEFAULT_MEASURES", "DEMO_MEASURES"]
+__all__ = ["MeasureSpec", "parse_measure", "spec_key", "DEFAULT_MEASURES", "DEMO_MEASURES",
+           "TRANSFER_MEASURES"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,15 @@ class MeasureSpec:
         return self.name + "".join(f":{k}={v}" for k, v in self.params)
 
 
-# The paper's set (SPEC §3.1, §3.3) plus biased linear CKA.
+# Inversion transfer (SPEC §11): how often the column model labels the row model's inverted
+# images as the target / the seed class. Declared for the `inverted` input set only: on other
+# sets the engine plans no pairs for them.
+TRANSFER_MEASURES: tuple[MeasureSpec, ...] = (
+    MeasureSpec("transfer_target"),
+    MeasureSpec("transfer_seed"),
+)
+
+# The paper's set (SPEC §3.1, §3.3) plus biased linear CKA, and the inversion transfer.
 DEFAULT_MEASURES: tuple[MeasureSpec, ...] = (
     MeasureSpec("linear_cka_debiased"),
     MeasureSpec("linear_cka"),
@@ -73,6 +83,7 @@ DEFAULT_MEASURES: tuple[MeasureSpec, ...] = (
     MeasureSpec("agreement"),
     MeasureSpec("jsd_sim"),
     MeasureSpec("cohen_kappa"),
+    *TRANSFER_MEASURES,
 )
 
 # The default set with a cheaper RTD for small CPU runs (the demo), passed explicitly so the
@@ -116,7 +127,16 @@ def spec_key(name: str, params: Mapping[str, Any]) -> str:
     """``name:<canonical JSON of the params with defaults filled in>``: equal for specs that
     compute the same thing (``knn_jaccard`` with ``{"k": 10}`` and ``{"k": 10, "center": True}``).
 
+    Label-aware measures (``labels=``) take their labels from the inputs, never from a spec:
+    the key leaves them out.
+
     Raises:
-        MeasureInputError: unknown measure or invalid params (label-aware measures need labels).
+        MeasureInputError: unknown measure or invalid params.
     """
-    return f"{name}:{canonical_params(get_measure(name).resolve_params(dict(params)))}"
+    measure = get_measure(name)
+    given = dict(params)
+    if "labels" in measure.params:
+        given["labels"] = np.zeros(0, np.int64)  # a placeholder, dropped below
+    resolved = measure.resolve_params(given)
+    resolved.pop("labels", None)
+    return f"{name}:{canonical_params(resolved)}"

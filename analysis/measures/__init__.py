@@ -11,7 +11,8 @@ all-pairs engine over many models is ``analysis.engine``.
 
 from __future__ import annotations
 
-from . import agreement, cca, cka, divergence, gulp, knn, procrustes, rsa, rtd, stats  # noqa: F401 (registers)
+from . import (agreement, cca, cka, divergence, gulp, knn, procrustes, rsa, rtd,  # noqa: F401
+               stats, transfer)  # (registers the measures)
 from ._base import (
     INVARIANCES,
     MEASURES,

@@ -108,6 +108,11 @@ class Measure:
     Subclasses implement `_prepare(X, p)`, `_compare(sa, sb, p)` and optionally `_block(states, p)`;
     the public methods validate inputs and parameters around them. `p` is the resolved parameter
     dict (defaults filled in, `labels` validated).
+
+    Two declarations tell the pair engine how to feed a measure: ``labels_from`` names the
+    item array that becomes ``labels=`` ("labels", the inputs' own labels, by default;
+    "seed_labels" for the inversion's seed classes) and ``input_sets`` the input sets the
+    measure means something on (None: every set; the engine plans no pairs on the others).
     """
 
     #: Smallest N the measure is defined for (debiased HSIC needs 4).
@@ -125,7 +130,7 @@ class Measure:
         input: InputKind,
         higher_is_more_similar: bool,
         symmetric: bool,
-        self_value: float,
+        self_value: float | None,
         range: tuple[float, float],
         invariances: Sequence[str],
         params: Mapping[str, Param],
@@ -133,6 +138,8 @@ class Measure:
         formula: str,
         cost: str,
         variant: str | None = None,
+        labels_from: str = "labels",
+        input_sets: Sequence[str] | None = None,
     ) -> None:
         unknown = set(invariances) - INVARIANCES
         if unknown:
@@ -142,7 +149,8 @@ class Measure:
         self.input = input
         self.higher_is_more_similar = higher_is_more_similar
         self.symmetric = symmetric
-        self.self_value = float(self_value)
+        # None: no fixed self value (a model's inversion transfer to itself is its own rate)
+        self.self_value = None if self_value is None else float(self_value)
         self.range = (float(range[0]), float(range[1]))
         self.invariances = frozenset(invariances)
         self.params = dict(params)
@@ -150,6 +158,8 @@ class Measure:
         self.formula = formula
         self.cost = cost
         self.variant = variant
+        self.labels_from = labels_from
+        self.input_sets = None if input_sets is None else tuple(input_sets)
 
     def __repr__(self) -> str:
         return f"<Measure {self.name} ({self.kind}, {self.input})>"

@@ -20,12 +20,13 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from analysis.engine.spec import MeasureSpec, spec_key
-from analysis.measures import MeasureInputError, compare
+from analysis.measures import MeasureInputError, compare, get_measure
 from analysis.reproduction.stats import PairSet
 from analysis.reproduction.study import INVERSION_NOT_DISCRIMINATIVE, ModelInfo, StudyData
 
 __all__ = ["PairFn", "cell", "models_at", "by_eps", "pair_set", "accuracy", "agreement",
-           "inversion_untestable", "clean_fn", "inverted_fn", "functional_fn", "input_rows"]
+           "inversion_untestable", "clean_fn", "inverted_fn", "transfer_fn", "functional_fn",
+           "input_rows"]
 
 #: ``fn(id_a, id_b)`` -> the pair's value, or the reason it has none.
 PairFn = Callable[[str, str], "float | str"]
@@ -89,7 +90,7 @@ def inversion_untestable(study: StudyData) -> str | None:
     """Why inversion cannot be evidence on this study (SPEC §9, or not run); None if it can."""
     if study.dataset in INVERSION_NOT_DISCRIMINATIVE:
         return INVERSION_NOT_DISCRIMINATIVE[study.dataset]
-    if study.inverted is None:
+    if study.inverted is None and not any(k[0] == "inverted" for k in study.known):
         return "inversion was not run for this sweep"
     return None
 
@@ -135,9 +136,31 @@ def inverted_fn(study: StudyData, where: str, spec: MeasureSpec) -> PairFn:
     """``where`` is "inverted" or "inverted_alt" (the sensitivity run). Ordered: the value of
     (a, b) is measure(f_a(inv_a), f_b(inv_a)), on row model a's inverted images."""
     inv = study.inverted if where == "inverted" else study.inverted_alt
-    return _remembered(study, where, spec_key(spec.name, spec.kwargs),
-                       lambda a, b: compare(spec.name, inv[a][a], inv[a][b], **spec.kwargs),
+
+    def compute(a: str, b: str) -> float:
+        if not inv or a not in inv or b not in inv[a]:  # only the table's values, if any
+            raise MeasureInputError(f"no {where} features of {b} on {a}'s inversions and no "
+                                    "value in the analysis table")
+        return compare(spec.name, inv[a][a], inv[a][b], **spec.kwargs)
+
+    return _remembered(study, where, spec_key(spec.name, spec.kwargs), compute,
                        either_order=False)
+
+
+def transfer_fn(study: StudyData, name: str) -> PairFn:
+    """``transfer_target`` / ``transfer_seed`` of the ordered pair (a, b): the share of a's
+    inverted images that b labels as the target / the seed class (the analysis table's value,
+    else computed from ``inverted_preds`` and ``inversion_classes``)."""
+    preds, classes = study.inverted_preds, study.inversion_classes
+    labels_from = get_measure(name).labels_from
+
+    def compute(a: str, b: str) -> float:
+        if not preds or classes is None or a not in preds or b not in preds[a]:
+            raise MeasureInputError(f"no predictions of {b} on {a}'s inversions and no {name} "
+                                    "value in the analysis table")
+        return compare(name, preds[a][a], preds[a][b], labels=classes[labels_from])
+
+    return _remembered(study, "inverted", spec_key(name, {}), compute, either_order=False)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -19,12 +19,18 @@ from analysis.engine.spec import MeasureSpec
 from analysis.reproduction.stats import Prediction
 
 __all__ = ["Declared", "PREDICTIONS", "SIMILARITY_MEASURES", "SUBGROUP_MEASURES",
-           "AGREEMENT_MEASURES", "SUBGROUP_CLOSE", "declared"]
+           "AGREEMENT_MEASURES", "SUBGROUP_CLOSE", "TRANSFER_SUPPORT", "declared"]
 
 #: Inverted-image similarity measures of targets 2 and 3 (debiased linear CKA first: primary).
 SIMILARITY_MEASURES: tuple[MeasureSpec, ...] = (
     MeasureSpec("linear_cka_debiased"), MeasureSpec("linear_cka"), MeasureSpec("procrustes_sim"),
     MeasureSpec("knn_jaccard", {"k": 10}))
+
+#: Target 3's supporting measures, reported beside the similarity measures where the inversion
+#: transfer is known (SPEC §11): how often another model labels a model's inversion as the
+#: target class (predicted to rise with eps) and as the seed class (predicted to fall). They
+#: never decide the target: the primary measure stays debiased linear CKA.
+TRANSFER_SUPPORT: tuple[tuple[str, int], ...] = (("transfer_target", +1), ("transfer_seed", -1))
 
 #: Target 6's measures on the agree/disagree subsets. RTD is a distance: the target reads -RTD
 #: (SPEC §8 "-RTD"). Its setting is cheaper than RTD's default (the paper's 10 x 500) because
@@ -106,9 +112,12 @@ PREDICTIONS: dict[int, Declared] = {d.number: d for d in (
     Declared(3, "Mean inverted CKA, ProcrustesSim and k-NN Jaccard (k=10) among eps=max models "
                 "> among eps=0 models.",
              "inverted-image similarity at eps_max minus at eps_0 (paired cells, ordered pairs)",
-             _SIM[0], _all(_SIM, +1, quantity="eps_max - eps_0"),
+             _SIM[0], {**_all(_SIM, +1, quantity="eps_max - eps_0"),
+                       **{name: Prediction(f"eps_max - eps_0 ({name})", sign)
+                          for name, sign in TRANSFER_SUPPORT}},
              "the primary measure's cross-architecture interval against 0; the other measures "
-             "are judged alike beside it"),
+             "are judged alike beside it, the inversion transfer (target class: rises; seed "
+             "class: falls) as supporting evidence where it was computed"),
     Declared(4, "Mean pairwise agreement among robust models is not higher than among standard "
                 "models; expect it to be lower. JSDSim likewise does not approach 1. "
                 "Error-corrected normalized disagreement among robust models is not lower.",

@@ -42,6 +42,7 @@ from analysis.inputs import (
     load_model,
 )
 from analysis.measures import MeasureInputError, get_measure
+from analysis.reproduction.analysed import analysed_inversion
 from analysis.reproduction.probes import run_probes
 from analysis.reproduction.study import (
     INVERSION_NOT_DISCRIMINATIVE,
@@ -122,9 +123,11 @@ def _run_group(sweep: str, disc: Discovery, refs: list[ModelRef], cfg: ReproConf
     """Extract, measure and evaluate one (dataset, threat model) group: (header, results)."""
     base = load_eval_sets(refs, data_root=where.data_root, eval_size=where.eval_size,
                           data_seed=where.data_seed)[refs[0].dataset]
-    inputs = _Inputs.plan(base, cfg, where.max_train)
-    blocks, failures = extract_all(refs, inputs.sets, bases={base.dataset: base},
-                                   cache=ArtifactCache(where.out_dir / "cache"),
+    cache = ArtifactCache(where.out_dir / "cache")
+    analysed = (analysed_inversion(where.out_dir / "pairs.parquet", cache, base, refs)
+                if cfg.inversion_from_analysis else None)
+    inputs = _Inputs.plan(base, cfg, where.max_train, analysed)
+    blocks, failures = extract_all(refs, inputs.sets, bases={base.dataset: base}, cache=cache,
                                    tracking_uri=where.tracking_uri, use_ray=where.use_ray,
                                    progress=progress)
     refs = [m for m in refs if m.run_id not in failures]
@@ -165,19 +168,25 @@ class _Inputs:
     iterations: int
 
     @classmethod
-    def plan(cls, base: EvalSet, cfg: ReproConfig, max_train: int | None) -> _Inputs:
+    def plan(cls, base: EvalSet, cfg: ReproConfig, max_train: int | None,
+             analysed: InvertedInputs | None = None) -> _Inputs:
+        """The sets; ``analysed`` (the analysis's inverted set, if any) replaces the main
+        inversion's settings (``ReproConfig.inversion_from_analysis``)."""
         train = TrainSplitInputs(max_train=max_train, seed=int(base.options.get("seed") or 0))
         testable = base.dataset not in INVERSION_NOT_DISCRIMINATIVE
         targets, iterations = cfg.inversion_targets, cfg.inversion_iterations
         if targets is None and not testable:  # SPEC §9: only a convergence check, kept small
             targets = min(cfg.inversion_check_targets, len(base.y))
             iterations = min(cfg.inversion_check_iterations, iterations)
-        inv = InvertedInputs(iterations=iterations, num_targets=targets)
+        inv = analysed or InvertedInputs(iterations=iterations, num_targets=targets)
         inv.size(base)  # a num_targets above the eval set's size stops here, before any work
         alt = None
-        if testable and cfg.inversion_iterations_alt:
-            alt = InvertedInputs(iterations=cfg.inversion_iterations_alt, num_targets=targets)
-        return cls(train, inv, alt, iterations)
+        if testable and cfg.inversion_iterations_alt \
+                and cfg.inversion_iterations_alt != inv.config.iterations:
+            alt = InvertedInputs(iterations=cfg.inversion_iterations_alt,
+                                 num_targets=inv.num_targets, pairing_seed=inv.pairing_seed,
+                                 step_size=inv.config.step_size, momentum=inv.config.momentum)
+        return cls(train, inv, alt, inv.config.iterations)
 
     @property
     def sets(self) -> list[InputSet]:
@@ -208,12 +217,14 @@ def _gather(refs: list[ModelRef], base: EvalSet, blocks: Sequence[Block], inputs
     if inputs.inverted_alt is not None:
         where.update({inputs.inverted_alt.key(base, m): "inverted_alt" for m in refs})
     study.known = _known_values(pairs_path, where, label)
-    _, target_idx = inputs.inverted.pairs(base)
+    seed_idx, target_idx = inputs.inverted.pairs(base)
     inverted: Arrays = {}
+    preds: Arrays = {}
     for m in refs:
         got = _arrays(blocks, base, label, inputs.inverted, m)
         if m.label in got:
             inverted[m.label] = {k: v["features"] for k, v in got.items()}
+            preds[m.label] = {k: v["preds"] for k, v in got.items()}
             loss = _rel_loss(got[m.label]["features"], clean[m.label]["features"][target_idx])
             study.inversion_summary[m.label] = {
                 "median": float(np.median(loss)), "p90": float(np.quantile(loss, 0.9)),
@@ -225,6 +236,9 @@ def _gather(refs: list[ModelRef], base: EvalSet, blocks: Sequence[Block], inputs
                 study.inverted_alt = study.inverted_alt or {}
                 study.inverted_alt[m.label] = {k: v["features"] for k, v in got.items()}
     study.inverted = inverted or None
+    if preds:  # the inversion transfer (target 3's supporting measures)
+        study.inverted_preds = preds
+        study.inversion_classes = {"labels": base.y[target_idx], "seed_labels": base.y[seed_idx]}
     return study, train
 
 
@@ -281,6 +295,7 @@ def _header(sweep: str, disc: Discovery, failures: Mapping[str, str], refs: Sequ
                      "subgroup_measures (target 6)": ", ".join(map(str, cfg.subgroup_measures)),
                      "rtd_setting (target 6)": _rtd_setting(cfg),
                      "inversion_iterations": inputs.iterations,
+                     "inversion_settings": json.dumps(inputs.inverted.params(), sort_keys=True),
                      "inversion_targets_per_model": int(target_idx.size),
                      "probe_epochs": cfg.probes.epochs, "probe_batch": cfg.probes.batch_size,
                      "probes_per_model": cfg.probes.num_probes,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.engine.spec import MeasureSpec
+from analysis.engine.spec import TRANSFER_MEASURES, MeasureSpec
 from analysis.reproduction.predictions import SIMILARITY_MEASURES, SUBGROUP_MEASURES
 from analysis.reproduction.probes import ProbeConfig, ProbeResult
 from analysis.reproduction.stats import FAILS, HOLDS, INCONCLUSIVE, LEVEL, PARTIAL, UNTESTABLE
@@ -41,9 +41,9 @@ TITLES = {
     8: "Sensitivity: the orderings of targets 3 and 4 do not flip",
 }
 
-#: The representational measures the targets compute on clean and inverted inputs (the values
-#: ``pairs.parquet`` may already hold for them are reused).
-REP_MEASURES: tuple[MeasureSpec, ...] = SIMILARITY_MEASURES
+#: The measures the targets compute on clean and inverted inputs (the values ``pairs.parquet``
+#: may already hold for them are reused): the representational ones and the inversion transfer.
+REP_MEASURES: tuple[MeasureSpec, ...] = (*SIMILARITY_MEASURES, *TRANSFER_MEASURES)
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,10 @@ class ReproConfig:
         inversion_iterations: iterations of the main inversion (SPEC: 1,000).
         inversion_iterations_alt: the sensitivity run (SPEC: 2,000); None skips it.
         inversion_targets: targets per model (None = the whole eval set).
+        inversion_from_analysis: when ``pairs.parquet`` holds ``inverted`` rows of the group's
+            models, invert with the analysis's settings instead of ``inversion_iterations`` /
+            ``inversion_targets`` (its cached inversions and pair values are then reused; the
+            alternative run keeps the analysis's targets and pairing).
         inversion_check_targets, inversion_check_iterations: targets per model and iterations
             where inversion cannot be tested on the dataset (SPEC §9, e.g. digits) and
             ``inversion_targets`` is None: the run is then only a check that the optimiser
@@ -80,6 +84,7 @@ class ReproConfig:
     inversion_iterations: int = 1000
     inversion_iterations_alt: int | None = 2000
     inversion_targets: int | None = None
+    inversion_from_analysis: bool = True
     inversion_check_targets: int = 32
     inversion_check_iterations: int = 200
     probes: ProbeConfig = field(default_factory=ProbeConfig)
@@ -126,6 +131,10 @@ class StudyData:
         robust_acc: id -> robust accuracy at the largest training eps (same attack for all).
         inverted: row id -> {col id -> (T, D_col) features on row's inverted images}; None if
             inversion was not run. ``inverted_alt`` is the same for the sensitivity run.
+        inverted_preds: row id -> {col id -> (T,) int predicted classes on row's inverted
+            images}; None if inversion was not run (the transfer measures of target 3).
+        inversion_classes: the shared pairing's classes, ``{"labels": (T,) targets' classes,
+            "seed_labels": (T,) seeds' classes}``; None if inversion was not run.
         inversion_summary: row id -> convergence summary (median / p90 / frac below threshold).
         probes: "eps=<e>" -> ProbeResult of that epsilon's backbones.
         known: pair values computed before, ``(where, spec_key(...), id_a, id_b) -> value`` with
@@ -143,6 +152,8 @@ class StudyData:
     robust_acc: dict[str, float] = field(default_factory=dict)
     inverted: dict[str, dict[str, np.ndarray]] | None = None
     inverted_alt: dict[str, dict[str, np.ndarray]] | None = None
+    inverted_preds: dict[str, dict[str, np.ndarray]] | None = None
+    inversion_classes: dict[str, np.ndarray] | None = None
     inversion_summary: dict[str, dict[str, float]] = field(default_factory=dict)
     probes: dict[str, ProbeResult] = field(default_factory=dict)
     known: dict[tuple[str, str, str, str], float] = field(default_factory=dict)

@@ -18,7 +18,8 @@ from typing import Any
 
 from analysis.engine.spec import MeasureSpec
 from analysis.reproduction.matrices import input_rows, inversion_untestable
-from analysis.reproduction.predictions import AGREEMENT_MEASURES, SIMILARITY_MEASURES, declared
+from analysis.reproduction.predictions import (AGREEMENT_MEASURES, SIMILARITY_MEASURES,
+                                               TRANSFER_SUPPORT, declared)
 from analysis.reproduction.stats import FAILS, HOLDS, INCONCLUSIVE, PARTIAL
 from analysis.reproduction.study import TITLES, ReproConfig, StudyData, TargetResult
 from analysis.reproduction.targets_agreement import agreement_contrast
@@ -37,10 +38,13 @@ def _variant(name: str, target: int, main_status: str | None, e: Entry) -> dict[
 
 
 def _main(result: TargetResult | None) -> dict[str, str]:
-    """measure -> the main (cross-architecture) verdict of target 3 or 4."""
+    """measure -> the main (cross-architecture) verdict of target 3 or 4 (target 3's
+    supporting transfer measures have no variants, so they are not among them)."""
     if result is None:
         return {}
-    return {e["measure"]: e["status"] for e in result.measures if e["kind"] == "cross"}
+    support = {name for name, _ in TRANSFER_SUPPORT}
+    return {e["measure"]: e["status"] for e in result.measures
+            if e["kind"] == "cross" and e["measure"] not in support}
 
 
 def _target4_variants(study: StudyData, cfg: ReproConfig, e0: float, emax: float,
@@ -60,6 +64,10 @@ def _target3_variants(study: StudyData, cfg: ReproConfig, e0: float, emax: float
     out = []
     n = input_rows(study, "inverted")
     for k in cfg.k_values:
+        if not n:  # only the analysis table's values: nothing to recompute k-NN on
+            not_run.append(f"knn_jaccard k={k} (target 3): no inverted features here, only "
+                           "the analysis table's values")
+            continue
         if k >= n - 1:
             not_run.append(f"knn_jaccard k={k} (target 3): N = {n} inverted images per model, "
                            f"so k = {k} cannot run (k must be < N - 1)")

@@ -15,15 +15,17 @@ import numpy as np
 
 from analysis.engine.spec import MeasureSpec
 from analysis.reproduction.matrices import (by_eps, cell, clean_fn, inversion_untestable,
-                                            inverted_fn, models_at, pair_set)
-from analysis.reproduction.predictions import SIMILARITY_MEASURES, SUBGROUP_CLOSE, declared
+                                            inverted_fn, models_at, pair_set, transfer_fn)
+from analysis.reproduction.predictions import (SIMILARITY_MEASURES, SUBGROUP_CLOSE,
+                                               TRANSFER_SUPPORT, declared)
 from analysis.reproduction.stats import PairSet, Prediction, estimate
 from analysis.reproduction.study import (UNTESTABLE, ModelInfo, ReproConfig, StudyData,
                                          TargetResult)
 from analysis.reproduction.subgroups import SubgroupResult, subgroup_similarity
 from analysis.reproduction.verdict import Entry, headline, judge, untested
 
-__all__ = ["target2", "target3", "target6", "inverted_contrast", "subgroup_label"]
+__all__ = ["target2", "target3", "target6", "inverted_contrast", "transfer_support",
+           "subgroup_label"]
 
 
 def target2(study: StudyData, cfg: ReproConfig, e0: float) -> TargetResult:
@@ -84,9 +86,36 @@ def target3(study: StudyData, cfg: ReproConfig, e0: float, emax: float) -> Targe
         entries += got
         if skipped:
             figs.setdefault("skipped", []).extend(skipped)
+    entries += transfer_support(study, cfg, e0, emax, figs)
     note = ("SPEC §8: a null or reversed result on one dataset is an accepted outcome (the paper "
             "reports this as dataset dependent)")
     return headline(3, entries, figs, note=note)
+
+
+def transfer_support(study: StudyData, cfg: ReproConfig, e0: float, emax: float,
+                     figs: dict[str, Any]) -> list[Entry]:
+    """Target 3's supporting entries: the inversion transfer at emax minus at e0 (ordered,
+    paired cells), each judged against its declared direction, where any pair has a value.
+
+    ``figs["transfer"]`` gets each measure's mean per eps group and pair kind (or why it is
+    absent): the numbers SPEC §11's table reports.
+    """
+    entries: list[Entry] = []
+    groups = by_eps(study.models, (e0, emax))
+    for name, _ in TRANSFER_SUPPORT:
+        fn = transfer_fn(study, name)
+        ps, skipped = pair_set(groups, lambda c, a, b: fn(a, b), symmetric=False)
+        if not len(ps):
+            figs.setdefault("transfer", {})[name] = "not computed (no transfer values)"
+            continue
+        entries += judge(ps, {f"eps={emax:g}": 1, f"eps={e0:g}": -1}, name,
+                         declared(3).predictions[name], level=cfg.level)
+        figs.setdefault("transfer", {})[name] = {
+            f"{cond} {k}": estimate(ps, {cond: 1}, kind=k, level=cfg.level).to_dict()
+            for cond in groups for k in ("cross", "intra")}
+        if skipped:
+            figs.setdefault("skipped", []).extend(skipped)
+    return entries
 
 
 def subgroup_label(spec: MeasureSpec) -> str:
