@@ -80,7 +80,8 @@ def test_shapes_yaml_is_the_universality_grid_and_shares_its_inversion():
     assert spec.train.attack_steps == 3 and spec.eval.min_clean_acc == 0.85
     check_analysis(spec.analysis)
     assert set(spec.analysis.measures) == {"linear_cka", "linear_cka_debiased", "procrustes_sim",
-                                           "knn_jaccard:k=10", "agreement"}
+                                           "knn_jaccard:k=10", "agreement", "transfer_target",
+                                           "transfer_seed"}
     inverted = parse_input_set(spec.analysis.input_sets[1])
     cfg = repro_config(spec.analysis)
     assert (cfg.inversion_iterations, cfg.inversion_targets) == (200, 200)
