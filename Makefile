@@ -10,7 +10,7 @@ NAME ?= $(SWEEP)
 UI_PORT ?= 5000
 export UNISWEEP_HOME ?= $(CURDIR)
 
-.PHONY: setup system-deps test test-fast demo sweep resume status analyze report reproduce ui bench \
+.PHONY: setup system-deps test test-fast demo demo-shapes sweep resume status analyze report reproduce ui bench \
         cluster-up cluster-submit cluster-down clean
 
 setup: $(STAMP)
@@ -36,6 +36,10 @@ test-fast: setup
 
 demo: setup
 	$(PY) -m sweeps demo $(SPEC)
+
+# The universality demo on the generated shapes dataset (SPEC §11): sweep `shapes`, 8 trials.
+demo-shapes: setup
+	$(PY) -m sweeps demo sweeps/shapes.yaml
 
 sweep: setup
 	$(PY) -m sweeps run $(SPEC)

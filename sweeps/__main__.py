@@ -21,6 +21,7 @@ from typing import Any
 from sweeps import status
 from sweeps.cli_util import echo, format_table, summary_rows
 from sweeps.spec import SweepSpec, load_spec
+from sweeps.spec_analysis import check_analysis, repro_config
 from trainables import tracking as tr
 from trainables.errors import UserError, user_errors
 
@@ -241,6 +242,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sweeps.launch import find_sweep, resume_sweep, run_sweep  # Ray: only when training
 
     spec = load_spec(args.spec)
+    check_analysis(spec.analysis)  # a typo in the analysis block stops here, before training
     _, _, parent = find_sweep(spec)
     if parent is None:
         run_sweep(spec, echo=echo)
@@ -256,19 +258,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _analyse(spec: SweepSpec) -> None:
-    """The demo's second half: all-pairs analysis, the HTML report, the reproduction report."""
+    """The demo's second half: all-pairs analysis on the spec's input sets (inversion included
+    when it names ``inverted``), the HTML report, the reproduction report."""
     # analysis (numpy, scipy, matplotlib, the measures) loads only when the demo gets this far
     from analysis.engine import DEMO_MEASURES
     from analysis.pipeline import report_dir, run_analysis, run_report
     from analysis.progress import ProgressLine
     from analysis.reproduction import run_reproduction
 
-    uri = spec.tracking.uri
-    echo(f"\n== analysis of {spec.name}: all pairs, measures {', '.join(DEMO_MEASURES)}")
-    run_analysis(spec.name, tracking_uri=uri, measures=DEMO_MEASURES, actors=2,
-                 progress=ProgressLine(sys.stdout))
+    uri, todo = spec.tracking.uri, spec.analysis
+    measures = todo.measures or DEMO_MEASURES
+    echo(f"\n== analysis of {spec.name}: all pairs on {', '.join(todo.input_sets)}, measures "
+         f"{', '.join(measures)}")
+    run_analysis(spec.name, tracking_uri=uri, measures=measures, input_sets=todo.input_sets,
+                 actors=2, progress=ProgressLine(sys.stdout))
     echo(f"\n== reproduction targets (SPEC section 8) on {spec.name}")
-    repro = run_reproduction(spec.name, tracking_uri=uri, progress=ProgressLine(sys.stdout))
+    repro = run_reproduction(spec.name, tracking_uri=uri, config=repro_config(todo),
+                             progress=ProgressLine(sys.stdout))
     html = run_report(spec.name, tracking_uri=uri)  # after the reproduction: it shows its verdicts
     echo(f"\nreport:         {html}")
     echo(f"reproduction:   {repro}")

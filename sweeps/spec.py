@@ -4,9 +4,10 @@ Every error is a `ConfigError` on one line naming the dotted field, the value an
 allowed, e.g. ``train.epochs=0 is not allowed; allowed: an integer >= 1``. Unknown keys are
 errors. Epsilons are floats on the [0, 1] pixel scale; ``"8/255"`` is parsed once, at load, by
 a tiny fraction parser (never ``eval``). The per-field readers live in `sweeps._fields`, the
-grid's value types in `sweeps.grid`, the ``hpo:`` block in `sweeps.spec_hpo`. The keys, defaults
-and ranges of the ``dataset:``, ``train:`` and ``eval:`` sections are the settings declared in
-`trainables.config` (one declaration for the spec, the trial and the docs).
+grid's value types in `sweeps.grid`, the ``hpo:`` block in `sweeps.spec_hpo`, the ``analysis:``
+block in `sweeps.spec_analysis`. The keys, defaults and ranges of the ``dataset:``, ``train:`` and
+``eval:`` sections are the settings declared in `trainables.config` (one declaration for the
+spec, the trial and the docs).
 Field reference: docs/spec-reference.md.
 """
 
@@ -27,16 +28,18 @@ from sweeps._fields import (Section, as_choice, as_float, as_int, as_list, as_lo
                             check_unique, fail, parse_number, read_section, read_value,
                             section_class)
 from sweeps.grid import ArchSpec, Cell, ThreatSpec
+from sweeps.spec_analysis import AnalysisSpec, parse_analysis
 from sweeps.spec_hpo import HpoSpec, parse_hpo
 from trainables import tracking as tr
-from trainables.config import SETTINGS, THREAT_MODELS, spec_settings
+from trainables.config import (LOCAL_DATASETS, SETTINGS, THREAT_MODELS, check_set_sizes,
+                               spec_settings)
 from trainables.errors import ConfigError
 
 __all__ = ["SweepSpec", "DatasetSpec", "TrainSpec", "EvalSpec", "ResourceSpec", "TrackingSpec",
            "load_spec", "parse_spec", "parse_number", "Section"]
 
 # Input dimension C*H*W where fixed; an L2 epsilon at or above sqrt(dim) covers the whole cube.
-_INPUT_DIM = {"digits": 1 * 8 * 8, "cifar10": 3 * 32 * 32}
+_INPUT_DIM = {"digits": 1 * 8 * 8, "shapes": 3 * 32 * 32, "cifar10": 3 * 32 * 32}
 _DATASET, _TRAIN, _EVAL = (spec_settings(s) for s in ("dataset", "train", "eval"))
 
 # The sections whose keys are declared settings: one attribute per key (spec.train.epochs, ...).
@@ -72,6 +75,7 @@ class SweepSpec:
     tracking: TrackingSpec
     storage: str  # Ray Tune storage path (absolute) or URI (s3://...)
     hpo: HpoSpec | None = None
+    analysis: AnalysisSpec = AnalysisSpec()
     description: str = ""
     source: str = ""  # the YAML text as loaded (logged with the sweep)
 
@@ -149,18 +153,21 @@ def parse_spec(raw: Any, *, check_paths: bool = True, source: str = "") -> Sweep
     hpo = None
     if top.get("hpo", None) is not None:
         hpo = parse_hpo(Section(top.get("hpo"), "hpo"), archs=archs, threats=threats, seeds=seeds)
+    analysis = parse_analysis(Section(top.get("analysis", {}), "analysis"))
     top.done()
     _check_arch_names(archs, arch_fields)
     return SweepSpec(name=name, dataset=dataset, archs=archs, threats=threats, seeds=seeds,
                      train=train, eval=evaluation, resources=resources,
                      max_concurrent=max_concurrent, max_failures=max_failures, tracking=tracking,
-                     storage=storage, hpo=hpo, description=description, source=source)
+                     storage=storage, hpo=hpo, analysis=analysis, description=description,
+                     source=source)
 
 
 def _dataset(sec: Section, *, home: Path, check_paths: bool) -> DatasetSpec:
     values = read_section(sec, _DATASET, home=home)
     name, root = values["name"], values["root"]
-    if name != "digits" and root is None:
+    check_set_sizes(name, n_train=values["n_train"], n_test=values["n_test"], prefix="dataset.")
+    if name in LOCAL_DATASETS and root is None:
         raise fail(sec.field("root"), None, f"the local directory holding {name}",
                    problem=f"is missing (required for {name}; nothing is downloaded)")
     if root is not None and check_paths and not Path(root).is_dir():

@@ -12,6 +12,7 @@ from trainables.errors import CheckpointError, ConfigError, DataError, UserError
 
 _EXPORTS = {
     "DatasetBundle": "data", "TensorImageDataset": "data", "load_dataset": "data",
+    "generate_shapes": "shapes",
     "MODELS": "models", "ModelEntry": "models", "UniModel": "models", "build_model": "models",
     "register_model": "models",
     "pgd": "attacks", "fgsm_rs": "attacks", "robust_accuracy": "attacks",

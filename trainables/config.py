@@ -37,11 +37,16 @@ from trainables.errors import ConfigError
 from trainables.settings import (Setting, check, choice, integer, markdown_table, number, numbers,
                                  path, setting, settings_of)
 
-__all__ = ["TrainConfig", "SETTINGS", "ATTACK_STEP_RULE", "DATASETS", "THREAT_MODELS",
-           "OPTIMIZERS", "SCHEDULES", "DEVICES", "STEP_RULES", "attack_step_size",
-           "from_spec_sections", "spec_settings", "render_reference"]
+__all__ = ["TrainConfig", "SETTINGS", "ATTACK_STEP_RULE", "DATASETS", "GENERATED_DATASETS",
+           "LOCAL_DATASETS", "MAX_GENERATED_IMAGES", "THREAT_MODELS", "OPTIMIZERS", "SCHEDULES",
+           "DEVICES", "STEP_RULES", "attack_step_size", "check_set_sizes", "from_spec_sections",
+           "spec_settings", "render_reference"]
 
-DATASETS = ("digits", "cifar10", "imagefolder")
+DATASETS = ("digits", "shapes", "cifar10", "imagefolder")
+# Drawn from fixed seeds: `n_train` / `n_test` set their sizes (null: these defaults, SPEC §11).
+GENERATED_DATASETS: dict[str, tuple[int, int]] = {"shapes": (8000, 1000)}
+LOCAL_DATASETS = ("cifar10", "imagefolder")  # read from `data_root` (nothing is downloaded)
+MAX_GENERATED_IMAGES = 1_000_000
 THREAT_MODELS = ("l2", "linf")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
@@ -66,9 +71,17 @@ class TrainConfig:
 
     # -- data (the spec's `dataset:` section)
     dataset: str = setting(
-        "digits", choice(DATASETS), "which dataset: digits is embedded (scikit-learn), cifar10 "
-        "reads the python-pickle layout, imagefolder `train/` and `val/` class folders",
-        spec="dataset.name", required=True)
+        "digits", choice(DATASETS), "which dataset: digits is embedded (scikit-learn), shapes is "
+        "generated from fixed seeds (SPEC §11), cifar10 reads the python-pickle layout, "
+        "imagefolder `train/` and `val/` class folders", spec="dataset.name", required=True)
+    n_train: int | None = setting(
+        None, integer(1, MAX_GENERATED_IMAGES, optional=True), "training-set size of a generated "
+        f"dataset (`shapes`; null = {GENERATED_DATASETS['shapes'][0]}); must be null for the "
+        "others", spec="dataset.n_train")
+    n_test: int | None = setting(
+        None, integer(1, MAX_GENERATED_IMAGES, optional=True), "test-set size of a generated "
+        f"dataset (`shapes`; null = {GENERATED_DATASETS['shapes'][1]}); must be null for the "
+        "others", spec="dataset.n_test")
     data_root: str | None = setting(
         None, path(), "the dataset directory, required for `cifar10` (the dir holding "
         "`cifar-10-batches-py/`, or that dir) and `imagefolder`; in a spec it must exist when the "
@@ -128,6 +141,10 @@ class TrainConfig:
         "test split; null = all of it", spec="dataset.eval_size", changes_weights=False)
     eval_seed: int = setting(0, integer(0), "picks that subset (the same for every model of a "
                              "sweep)", spec="dataset.eval_seed", changes_weights=False)
+    min_clean_acc: float | None = setting(
+        None, number(0, 1, optional=True), "a trial whose final clean accuracy is below this is "
+        "tagged under-trained in MLflow (`unisweep.undertrained`) and left out of the analysis, "
+        "with the reason; null: no check", spec="eval.min_clean_acc", changes_weights=False)
     final_eval_steps: int = setting(50, integer(1), "PGD steps of the final evaluation "
                                     "(`final/robust_acc`)", spec="eval.final_steps",
                                     changes_weights=False)
@@ -148,6 +165,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, s in SETTINGS.items():  # normalised types (int -> float, list -> tuple)
             object.__setattr__(self, name, check(name, getattr(self, name), s.rule))
+        check_set_sizes(self.dataset, n_train=self.n_train, n_test=self.n_test)
         if self.threat_model == "linf":
             check("eps", self.eps, _LINF_EPS)
             for i, e in enumerate(self.extra_eval_eps):
@@ -177,6 +195,24 @@ class TrainConfig:
 
 
 SETTINGS: dict[str, Setting] = settings_of(TrainConfig)
+
+
+def check_set_sizes(dataset: str, *, n_train: int | None, n_test: int | None,
+                    prefix: str = "") -> None:
+    """Set sizes are for generated datasets only: refuse a size given for any other dataset.
+
+    Each size's own range is its declared rule (``integer(1, MAX_GENERATED_IMAGES)``).
+
+    Raises:
+        ConfigError: ``<prefix>n_train=100 applies only to generated datasets ['shapes'], ...``.
+    """
+    if dataset in GENERATED_DATASETS:
+        return
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if value is not None:
+            raise ConfigError(f"{prefix}{name}={value!r} applies only to generated datasets "
+                              f"{list(GENERATED_DATASETS)}, not to dataset {dataset!r}; "
+                              f"allowed: null")
 
 # A spec-only setting: how the spec's train.attack_step_size becomes TrainConfig.attack_step_size.
 ATTACK_STEP_RULE = Setting(

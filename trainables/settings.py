@@ -30,7 +30,8 @@ def describe_range(*, integer: bool, lo: float | None = None, hi: float | None =
     ``an integer in [0, 9]``, ``a number in (0, inf]``."""
     if integer and hi is None:
         return "an integer" + (f" >= {lo}" if lo is not None else "")
-    lo_s, hi_s = ("-inf" if lo is None else f"{lo:g}"), ("inf" if hi is None else f"{hi:g}")
+    fmt = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")  # 1000000, not 1e+06
+    lo_s, hi_s = ("-inf" if lo is None else fmt(lo)), ("inf" if hi is None else fmt(hi))
     kind = "an integer" if integer else "a number"
     return f"{kind} in {'(' if lo_open else '['}{lo_s}, {hi_s}{')' if hi_open else ']'}"
 

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TAG_SWEEP", "TAG_TRIAL_ID", "TAG_CELL", "TAG_ARCH", "TAG_WIDTH", "TAG_EPS", "TAG_SEED",
-    "TAG_THREAT_MODEL", "TAG_DATASET", "TAG_ROLE", "TAG_PARENT",
+    "TAG_THREAT_MODEL", "TAG_DATASET", "TAG_ROLE", "TAG_PARENT", "TAG_UNDERTRAINED",
+    "TAG_UNDERTRAINED_WHY", "undertrained_tags",
     "METRIC_TRAIN_LOSS", "METRIC_TRAIN_ACC", "METRIC_CLEAN_ACC", "METRIC_ROBUST_ACC",
     "METRIC_EPOCH", "METRIC_EPOCH_TIME", "METRIC_FINAL_CLEAN_ACC", "METRIC_FINAL_ROBUST_ACC",
     "METRIC_TOTAL_TIME", "ARTIFACT_CHECKPOINT", "ARTIFACT_EPOCH_CHECKPOINTS",
@@ -56,6 +57,9 @@ TAG_NOTE = "mlflow.note.content"  # a run's / an experiment's description (Markd
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 REPORT_MARK = "**Report:**"  # starts the line of a sweep's description that says where it is
+# Set when eval.min_clean_acc is: "true" / "false", and the figure against the threshold.
+TAG_UNDERTRAINED = "unisweep.undertrained"
+TAG_UNDERTRAINED_WHY = "unisweep.undertrained_reason"
 
 # Metric names, logged with step = epoch.
 METRIC_TRAIN_LOSS = "train/loss"
@@ -67,6 +71,31 @@ METRIC_EPOCH_TIME = "time/epoch_s"
 METRIC_FINAL_CLEAN_ACC = "final/clean_acc"
 METRIC_FINAL_ROBUST_ACC = "final/robust_acc"
 METRIC_TOTAL_TIME = "time/train_s"  # sum of epoch times, restarts excluded
+
+
+
+def undertrained_tags(clean_acc: float | None, min_clean_acc: float | None) -> dict[str, str]:
+    """The tags saying whether a finished trial is under-trained (``eval.min_clean_acc``).
+
+    Args:
+        clean_acc: the trial's final clean accuracy in [0, 1] (None: not measured).
+        min_clean_acc: the declared threshold; None: no check, no tags.
+
+    Returns:
+        ``{TAG_UNDERTRAINED: "true"|"false", TAG_UNDERTRAINED_WHY: "final clean accuracy
+        0.6200 < eval.min_clean_acc 0.85"}`` (``>=`` when it passes), or ``{}``.
+    """
+    if min_clean_acc is None:
+        return {}
+    if clean_acc is None:
+        return {TAG_UNDERTRAINED: "true",
+                TAG_UNDERTRAINED_WHY: f"no final clean accuracy logged (eval.min_clean_acc "
+                                      f"{min_clean_acc:g})"}
+    low = clean_acc < min_clean_acc
+    return {TAG_UNDERTRAINED: "true" if low else "false",
+            TAG_UNDERTRAINED_WHY: f"final clean accuracy {clean_acc:.4f} {'<' if low else '>='} "
+                                  f"eval.min_clean_acc {min_clean_acc:g}"}
+
 
 # A trial's final checkpoint (model.safetensors + meta.json) lives under this artifact path,
 # the ones logged during training (train.checkpoint_every) under checkpoints/epoch_XXX/.

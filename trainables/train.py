@@ -37,7 +37,7 @@ from trainables.models import UniModel, build_model
 from trainables.rng import rng_state, seed_everything, set_rng_state
 from trainables.settings import add_arguments
 
-__all__ = ["TrainResult", "train_model", "main"]
+__all__ = ["TrainResult", "train_model", "train_step", "main"]
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict, Path], None]
@@ -98,6 +98,17 @@ def _batches(bundle: DatasetBundle, cfg: TrainConfig, gen: torch.Generator,
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
+def train_step(model: UniModel, opt: torch.optim.Optimizer, xb: torch.Tensor,
+               yb: torch.Tensor) -> tuple[float, int]:
+    """One optimiser step on a (possibly adversarial) batch: (mean loss, correct predictions)."""
+    logits = model(xb)
+    loss = F.cross_entropy(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach()), int((logits.argmax(1) == yb).sum())
+
+
 def _train_epoch(model: UniModel, opt, sched, bundle: DatasetBundle, cfg: TrainConfig,
                  gen: torch.Generator, device: torch.device, step_size: float,
                  on_batch: Callable[[int], None] | None = None) -> dict:
@@ -108,13 +119,9 @@ def _train_epoch(model: UniModel, opt, sched, bundle: DatasetBundle, cfg: TrainC
         if cfg.eps > 0:
             xb = pgd(model, xb, yb, norm=cfg.threat_model, eps=cfg.eps, step_size=step_size,
                      steps=cfg.attack_steps, random_start=True, generator=gen)
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += float(loss.detach()) * len(yb)
-        correct += int((logits.argmax(1) == yb).sum())
+        loss, hits = train_step(model, opt, xb, yb)
+        loss_sum += loss * len(yb)
+        correct += hits
         seen += len(yb)
         if on_batch is not None:
             on_batch(batch)
@@ -171,7 +178,8 @@ def train_model(cfg: TrainConfig, *, resume_from: str | Path | None = None,
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
     bundle = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.eval_seed,
-                          eval_size=cfg.eval_size, image_size=cfg.image_size)
+                          eval_size=cfg.eval_size, image_size=cfg.image_size,
+                          n_train=cfg.n_train, n_test=cfg.n_test)
     # Built even when resuming: its initialisation draws from torch's RNG, restored below.
     model = build_model(cfg.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                         image_size=bundle.image_size, width=cfg.width, mean=bundle.mean,

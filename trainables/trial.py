@@ -23,6 +23,8 @@ checkpoint (`model.safetensors` + `meta.json`) is logged under artifact path `ch
 ``train.checkpoint_every: N`` also every N-th epoch's before the last, under
 `checkpoints/epoch_XXX/`, of which the newest ``train.keep_checkpoints`` stay. The run is named
 ``arch / threat eps / seed``.
+With ``eval.min_clean_acc`` set, the run is tagged ``unisweep.undertrained`` (true/false, with
+the figure) before it is FINISHED; the analysis leaves an under-trained model out, saying why.
 
 A trial whose run is already FINISHED with its checkpoint logged (the driver died after the
 trial ended but before Tune saved that) is never trained again: it reports the run's final
@@ -249,8 +251,16 @@ def run_trial(config: dict[str, Any]) -> None:
         with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume:
             if resume is not None:
                 log.info("trial %s resumes from %s", trial_id, resume)
-            train_model(cfg, resume_from=resume, report=report,
-                        on_batch=_progress_writer(config.get("_fault"), trial_id=trial_id))
+            result = train_model(cfg, resume_from=resume, report=report,
+                                 on_batch=_progress_writer(config.get("_fault"), trial_id=trial_id))
+        # Before the run is FINISHED: the analysis must never see an unflagged weak model.
+        flags = tr.undertrained_tags(result.metrics.get(tr.METRIC_FINAL_CLEAN_ACC),
+                                     cfg.min_clean_acc)
+        for name, value in flags.items():
+            tr.with_retries(client.set_tag, run_id, name, value)
+        if flags.get(tr.TAG_UNDERTRAINED) == "true":
+            log.warning("trial %s (%s) is under-trained: %s", trial_id, key,
+                        flags[tr.TAG_UNDERTRAINED_WHY])
         status = "FINISHED"
     finally:
         tr.with_retries(client.set_terminated, run_id, status)

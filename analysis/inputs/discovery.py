@@ -63,7 +63,8 @@ class ModelRef:
         num_gpus: GPUs the trial ran with (extraction asks for the same).
         params: the run's MLflow params (strings).
         data: how the trial drew its data, the ``trainables.data.load_dataset`` options
-            ``root``, ``eval_size``, ``eval_seed``, ``image_size`` (from the run's params, else
+            ``root``, ``eval_size``, ``eval_seed``, ``image_size``, ``n_train``, ``n_test`` (from
+            the run's params, else
             ``meta.json``'s ``config``), so the analysis reloads the same eval set unasked.
         epoch: the training epoch of this checkpoint (the final one: the epochs trained).
         final: True for the trial's final checkpoint (``checkpoint/``), False for one logged
@@ -152,12 +153,13 @@ def _label(arch: str, width: float, eps: float, seed: int) -> str:
 
 # load_dataset option -> TrainConfig field (logged as a run param and in meta.json's config)
 _DATA_FIELDS = {"root": "data_root", "eval_size": "eval_size", "eval_seed": "eval_seed",
-                "image_size": "image_size"}
+                "image_size": "image_size", "n_train": "n_train", "n_test": "n_test"}
 
 
 def _data_options(params: dict[str, str], meta: dict[str, Any]) -> dict[str, Any]:
     """The trial's data options: MLflow params (``data_root`` or ``<prefix>.data_root``, ...)
-    first, then ``meta.json`` ``config``; missing ones keep ``load_dataset``'s defaults."""
+    first, then ``meta.json`` ``config``; missing ones keep ``load_dataset``'s defaults (the
+    set sizes ``n_train`` / ``n_test`` appear only where a trial set them)."""
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     out: dict[str, Any] = {"root": None, "eval_size": None, "eval_seed": 0, "image_size": None}
     for option, name in _DATA_FIELDS.items():
@@ -227,8 +229,8 @@ def discover_models(sweep: str, *, tracking_uri: str | None = None) -> Discovery
 
     Returns:
         A ``Discovery`` whose models are sorted by (dataset, eps, arch, seed) and whose skipped
-        list says, per run, why it is left out (failed, still running, killed, missing or
-        unreadable checkpoint, duplicate of a trial).
+        list says, per run, why it is left out (failed, still running, killed, under-trained
+        (tag ``unisweep.undertrained``), missing or unreadable checkpoint, duplicate of a trial).
 
     Raises:
         UserError: the sweep does not exist (the message lists the sweeps that do).
@@ -289,6 +291,9 @@ def _to_ref(client, run, tracking_uri: str | None) -> ModelRef | SkippedRun:
         why = {"FAILED": "trial failed", "RUNNING": "trial still running",
                "SCHEDULED": "trial not started", "KILLED": "trial was killed"}
         return SkippedRun(run.info.run_id, label, status, why.get(status, f"status {status}"))
+    if tags.get(tr.TAG_UNDERTRAINED) == "true":  # never compared silently (eval.min_clean_acc)
+        return SkippedRun(run.info.run_id, label, status,
+                          f"under-trained: {tags.get(tr.TAG_UNDERTRAINED_WHY, '?')}; not compared")
     listed = tr.with_retries(client.list_artifacts, run.info.run_id, CHECKPOINT_PATH)
     names = {Path(a.path).name for a in listed}
     missing = [f for f in CHECKPOINT_FILES if f not in names]

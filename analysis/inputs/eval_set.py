@@ -20,11 +20,15 @@ __all__ = ["load_eval_set", "load_eval_sets", "check_data_hash"]
 
 
 def load_eval_set(dataset: str, *, root: str | None = None, seed: int = 0,
-                  eval_size: int | None = None, image_size: int | None = None) -> EvalSet:
-    """Load a dataset's fixed evaluation subset through ``trainables.data.load_dataset``."""
+                  eval_size: int | None = None, image_size: int | None = None,
+                  n_train: int | None = None, n_test: int | None = None) -> EvalSet:
+    """Load a dataset's fixed evaluation subset through ``trainables.data.load_dataset``
+    (``n_train`` / ``n_test``: the set sizes of a generated dataset, kept in the options only
+    when given, so that the sets reloading the dataset draw the same ones)."""
     from trainables.data import load_dataset  # torch: only when data is loaded
 
     options = {"root": root, "seed": seed, "eval_size": eval_size, "image_size": image_size}
+    options.update({k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None})
     bundle = load_dataset(dataset, **options)
     X, y = bundle.eval_tensors()
     X = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
@@ -66,7 +70,8 @@ def load_eval_sets(models: Sequence[ModelRef], *, data_root: str | None = None,
         size = eval_size if eval_size is not None else opts.get("eval_size")
         seed = data_seed if data_seed is not None else opts.get("eval_seed", 0)
         base = load_eval_set(dataset, root=root, eval_size=size, seed=seed,
-                             image_size=opts.get("image_size") if dataset == "imagefolder" else None)
+                             image_size=opts.get("image_size") if dataset == "imagefolder" else None,
+                             n_train=opts.get("n_train"), n_test=opts.get("n_test"))
         if base.hash not in counts:
             raise DataError(
                 f"the {dataset} eval set (root={root}, eval_size={size}, seed={seed}) has hash "
