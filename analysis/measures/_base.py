@@ -8,7 +8,9 @@ in three steps, so that all-pairs work touches each model's data once:
     value = measure.compare_states(sa, sb, **params)
     block = measure.pairwise_block(states, **params)  # (M, M) in one vectorised pass, or None
 
-`compare(name, A, B)` and `pairwise(name, items)` are the convenience entry points.
+`compare(name, A, B)` and `pairwise(name, items)` are the convenience entry points. Each takes
+`backend="numpy" | "torch" | "auto"` and `device="cpu" | "cuda" | "cuda:N"` (`_backend`): the
+torch backend's states hold tensors on that device, and compare / block run there.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from trainables.errors import UserError
+
+from ._backend import is_torch_state, resolve_backend, torch_ops
 
 Kind = Literal["representational", "functional"]
 InputKind = Literal["features", "labels", "probs"]
@@ -150,6 +154,13 @@ class Measure:
     def __repr__(self) -> str:
         return f"<Measure {self.name} ({self.kind}, {self.input})>"
 
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The array libraries that can compute this measure: numpy, and torch where the class
+        defines the torch hooks (`_prepare_torch`, `_compare_torch`, optional `_block_torch`)."""
+        has_torch = type(self)._prepare_torch is not Measure._prepare_torch
+        return ("numpy", "torch") if has_torch else ("numpy",)
+
     # ------------------------------------------------------------------ validation
     def resolve_params(self, params: Mapping[str, Any], n: int | None = None) -> dict[str, Any]:
         """Fill defaults, reject unknown names and invalid values.
@@ -244,19 +255,28 @@ class Measure:
         return f"{self.name}({','.join(parts)})"
 
     # ------------------------------------------------------------------ public contract
-    def prepare(self, A: Any, **params: Any) -> dict[str, Any]:
+    def prepare(self, A: Any, *, backend: str = "numpy", device: str | None = None,
+                **params: Any) -> dict[str, Any]:
         """Validate one input and compute its per-model state.
 
         Args:
             A: features (N, D) float, labels (N,) int or probs (N, C) float, per `self.input`.
+            backend: `numpy`, `torch` or `auto` (`analysis.measures._backend`).
+            device: `cpu` (default), `cuda` or `cuda:N`; CUDA needs the torch backend.
             **params: the measure's parameters (see `self.params`).
 
         Returns:
-            Picklable dict of numpy arrays and scalars; always holds `n` and `key`.
+            Picklable dict; always holds `n` and `key`. Numpy states hold numpy arrays and
+            scalars; torch states (`backend: "torch"`) hold tensors on the device.
         """
         A = self.validate(A)
         p = self.resolve_params(params, A.shape[0])
-        state = self._prepare(A, p)
+        chosen = resolve_backend(self, backend, device)
+        if chosen.name == "torch":
+            state = self._prepare_torch(A, p, torch_ops().device(chosen.device))
+            state["backend"] = "torch"
+        else:
+            state = self._prepare(A, p)
         state["n"] = int(A.shape[0])
         state["key"] = self._state_key(p)
         return state
@@ -271,12 +291,17 @@ class Measure:
         ns = sorted({int(s["n"]) for s in states})
         if len(ns) > 1:
             raise MeasureInputError(f"{self.name}: inputs have different numbers of samples N: {ns}; rows must align")
+        kinds = sorted({str(s.get("backend", "numpy")) for s in states})
+        if len(kinds) > 1:
+            raise MeasureInputError(f"{self.name}: states were prepared by different backends {kinds}; "
+                                    "prepare every input with the same backend")
 
     def compare_states(self, sa: Mapping[str, Any], sb: Mapping[str, Any], **params: Any) -> float:
         """Value of the measure from two prepared states (same params as at prepare time)."""
         p = self.resolve_params(params, int(sa.get("n", 0)) or None)
         self._check_states([sa, sb], p)
-        return float(self._compare(sa, sb, p))
+        compare = self._compare_torch if is_torch_state(sa) else self._compare
+        return float(compare(sa, sb, p))
 
     def pairwise_block(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray | None:
         """All (M, M) values in one vectorised pass, or None where the math gives no shortcut."""
@@ -284,7 +309,7 @@ class Measure:
             return np.zeros((0, 0))
         p = self.resolve_params(params, int(states[0].get("n", 0)) or None)
         self._check_states(states, p)
-        block = self._block(states, p)
+        block = (self._block_torch if is_torch_state(states[0]) else self._block)(states, p)
         return None if block is None else np.asarray(block, dtype=np.float64)
 
     def pairwise_states(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray:
@@ -305,15 +330,17 @@ class Measure:
                     out[j, i] = out[i, j]
         return out
 
-    def compare(self, A: Any, B: Any, **params: Any) -> float:
-        """measure(A, B) for two inputs over the same N samples."""
+    def compare(self, A: Any, B: Any, *, backend: str = "numpy", device: str | None = None,
+                **params: Any) -> float:
+        """measure(A, B) for two inputs over the same N samples (backend, device: `prepare`)."""
         A = self.validate(A, "A")
         B = self.validate(B, "B")
         if A.shape[0] != B.shape[0]:
             raise MeasureInputError(
                 f"{self.name}: A and B must have the same number of samples (rows); got A {A.shape}, B {B.shape}"
             )
-        return self.compare_states(self.prepare(A, **params), self.prepare(B, **params), **params)
+        on = dict(backend=backend, device=device)
+        return self.compare_states(self.prepare(A, **on, **params), self.prepare(B, **on, **params), **params)
 
     # ------------------------------------------------------------------ subclass hooks
     def _prepare(self, X: np.ndarray, p: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +350,16 @@ class Measure:
         raise NotImplementedError
 
     def _block(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        return None
+
+    # torch backend hooks (see `backends`); `dev` is a torch.device, the states hold tensors
+    def _prepare_torch(self, X: np.ndarray, p: dict[str, Any], dev: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _compare_torch(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    def _block_torch(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
         return None
 
 
@@ -353,17 +390,20 @@ def get_measure(name: str) -> Measure:
         raise MeasureInputError(f"unknown measure {name!r}; known: {sorted(MEASURES)}") from None
 
 
-def compare(name: str, A: Any, B: Any, **params: Any) -> float:
+def compare(name: str, A: Any, B: Any, *, backend: str = "numpy", device: str | None = None,
+            **params: Any) -> float:
     """Value of measure `name` between A and B (see `Measure.compare`)."""
-    return get_measure(name).compare(A, B, **params)
+    return get_measure(name).compare(A, B, backend=backend, device=device, **params)
 
 
-def pairwise(name: str, items: Sequence[Any], **params: Any) -> np.ndarray:
+def pairwise(name: str, items: Sequence[Any], *, backend: str = "numpy", device: str | None = None,
+             **params: Any) -> np.ndarray:
     """(M, M) matrix of measure `name` over M inputs; each input is prepared once.
 
     Args:
         name: registered measure name.
         items: M inputs of the measure's input kind, all with the same N.
+        backend: `numpy`, `torch` or `auto`; device: `cpu`, `cuda` or `cuda:N` (`Measure.prepare`).
         **params: measure parameters.
 
     Returns:
@@ -374,7 +414,7 @@ def pairwise(name: str, items: Sequence[Any], **params: Any) -> np.ndarray:
     ns = sorted({int(_to_numpy(x).shape[0]) if _to_numpy(x).ndim else -1 for x in items})
     if len(ns) > 1:
         raise MeasureInputError(f"{name}: items have different numbers of samples N: {ns}; rows must align")
-    states = [measure.prepare(x, **params) for x in items]
+    states = [measure.prepare(x, backend=backend, device=device, **params) for x in items]
     return measure.pairwise_states(states, **params)
 
 
