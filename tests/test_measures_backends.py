@@ -119,7 +119,7 @@ def test_backend_errors_name_the_value_and_what_is_allowed() -> None:
         compare("linear_cka", A, B, backend="jax")
     with pytest.raises(ConfigError, match=r"device='cuda' needs backend='torch'"):
         compare("linear_cka", A, B, device="cuda")
-    with pytest.raises(ConfigError, match=r"device='gpu' is not allowed; allowed: cpu, cuda, cuda:N"):
+    with pytest.raises(ConfigError, match=r"device='gpu' is not allowed; allowed: auto, cpu, cuda, cuda:N"):
         compare("linear_cka", A, B, backend="torch", device="gpu")
     labels = np.arange(10) % 3
     with pytest.raises(ConfigError, match=r"'agreement' has no torch backend; backends: \['numpy'\]"):
@@ -128,6 +128,8 @@ def test_backend_errors_name_the_value_and_what_is_allowed() -> None:
         with pytest.raises(ConfigError, match="no CUDA device"):
             compare("linear_cka", A, B, backend="torch", device="cuda")
     assert issubclass(ConfigError, UserError)
+    want = "torch:cuda:0" if torch.cuda.is_available() else "torch:cpu"
+    assert str(resolve_backend(get_measure("linear_cka"), "torch", "auto")) == want
 
 
 def test_auto_picks_the_measured_backend_per_measure() -> None:

@@ -3,6 +3,9 @@ artifacts, prepare its state, compare two states, and turn the outcome into a re
 
 Failures never raise here: a failed prepare is a state ``{"__error__": msg}``, a failed compare
 an error message, and either becomes a row with ``status="error"`` (STYLE rule 15).
+
+Both engines take ``backend`` / ``device`` (``analysis.measures._backend``) and resolve them per
+measure with ``engine_backend``: a measure without a torch implementation runs on numpy.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import numpy as np
 
 from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
-from analysis.measures import Measure, get_measure
+from analysis.measures import Backend, Measure, get_measure, resolve_backend
 
 __all__ = ["EngineStats", "Rows", "Sink", "Progress", "Items", "measure_arrays", "load_item",
-           "prepare_state", "compare_pair", "has_block", "result_row", "error_text", "emit_rows"]
+           "prepare_state", "compare_pair", "has_block", "result_row", "error_text", "emit_rows",
+           "engine_backend"]
 
 Rows = list[dict[str, Any]]
 Sink = Callable[[Rows], None]
@@ -39,6 +43,7 @@ class EngineStats:
     prepare_s: float = 0.0
     compare_s: float = 0.0
     per_measure_s: dict[str, float] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)  # spec -> "numpy" / "torch:cuda"
     restarts: int = 0
     requeued_tiles: int = 0
 
@@ -76,10 +81,19 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def prepare_state(name: str, params: dict, X: np.ndarray, extra: dict) -> dict:
-    """Measure.prepare, with a failure returned as ``{"__error__": msg}`` (never raised)."""
+def engine_backend(name: str, backend: str = "numpy", device: str | None = None) -> Backend:
+    """The backend an engine runs measure ``name`` on (torch asked for a measure without a torch
+    implementation: numpy). Raises ConfigError for an unknown backend or device."""
+    return resolve_backend(get_measure(name), backend, device, fallback=True)
+
+
+def prepare_state(name: str, params: dict, X: np.ndarray, extra: dict,
+                  backend: Backend = Backend("numpy")) -> dict:
+    """Measure.prepare on ``backend``, with a failure returned as ``{"__error__": msg}`` (never
+    raised)."""
     try:
-        return get_measure(name).prepare(np.asarray(X), **params, **extra)
+        return get_measure(name).prepare(np.asarray(X), backend=backend.name,
+                                         device=backend.device, **params, **extra)
     except Exception as exc:  # noqa: BLE001 - becomes error rows of every pair of this item
         return {"__error__": error_text(exc)}
 

@@ -24,8 +24,8 @@ from trainables.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from types import ModuleType
 
-__all__ = ["BACKENDS", "CPU_FASTER", "Backend", "resolve_backend", "torch_ops", "is_torch_state",
-           "portable_state", "state_to_device"]
+__all__ = ["BACKENDS", "CPU_FASTER", "Backend", "check_backend", "resolve_backend", "torch_ops",
+           "is_torch_state", "portable_state", "state_to_device"]
 
 BACKENDS = ("numpy", "torch", "auto")
 
@@ -61,13 +61,38 @@ class Backend:
         return self.name if self.name == "numpy" else f"{self.name}:{self.device}"
 
 
-def _check_device(device: Any) -> str:
+def _check_device(device: Any, backend: str) -> str:
     if device is None:
         return "cpu"
+    if device == "auto":  # the trainables' rule: the first CUDA device if there is one
+        return "cpu" if backend == "numpy" else str(torch_ops().device("auto"))
     ok = isinstance(device, str) and (device in ("cpu", "cuda") or (
         device.startswith("cuda:") and device[5:].isdigit()))
     if not ok:
-        raise ConfigError(f"device={device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+        raise ConfigError(f"device={device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def check_backend(backend: str = "numpy", device: str | None = None, *,
+                  here: bool = True) -> str:
+    """Validate a backend name and device (before any work starts); returns the device.
+
+    Args:
+        backend, device: as for ``resolve_backend``.
+        here: also check that this process has the CUDA device (a Ray actor checks its own).
+
+    Raises:
+        ConfigError: unknown backend or device, CUDA with numpy, or (``here``) a CUDA device
+            this machine does not have.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
+    device = _check_device(device, backend)
+    if backend == "numpy" and device != "cpu":
+        raise ConfigError(f"device={device!r} needs backend='torch' or 'auto'; the numpy "
+                          "backend runs on the CPU only")
+    if here and device != "cpu":
+        torch_ops().device(device)
     return device
 
 
@@ -78,7 +103,8 @@ def resolve_backend(measure: Any, backend: str = "numpy", device: str | None = N
     Args:
         measure: a ``Measure`` (its ``name`` and ``backends`` are read).
         backend: ``numpy``, ``torch`` or ``auto`` (see the module docstring).
-        device: ``cpu`` (default), ``cuda`` or ``cuda:N``; CUDA needs the torch backend.
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is a GPU);
+            CUDA needs the torch backend.
         fallback: a measure without a torch implementation runs on numpy (the engines, which
             run many measures at once, ask for this); otherwise asking for torch is an error.
 
@@ -86,9 +112,7 @@ def resolve_backend(measure: Any, backend: str = "numpy", device: str | None = N
         ConfigError: unknown backend or device, CUDA with numpy, or torch for a measure that
             has no torch implementation (without ``fallback``).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
-    device = _check_device(device)
+    device = check_backend(backend, device, here=False)
     has_torch = "torch" in measure.backends
     if backend == "auto":
         on_cuda = device != "cpu"
@@ -99,9 +123,6 @@ def resolve_backend(measure: Any, backend: str = "numpy", device: str | None = N
                               f"on device={device!r}; backends: {list(measure.backends)}")
         return Backend(pick, device if pick == "torch" else "cpu")
     if backend == "numpy":
-        if device != "cpu":
-            raise ConfigError(f"device={device!r} needs backend='torch' or 'auto'; the numpy "
-                              "backend runs on the CPU only")
         return Backend("numpy")
     if not has_torch:
         if fallback:
