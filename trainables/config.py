@@ -38,8 +38,9 @@ from trainables.settings import (Setting, check, choice, integer, markdown_table
                                  path, setting, settings_of)
 
 __all__ = ["TrainConfig", "SETTINGS", "ATTACK_STEP_RULE", "DATASETS", "THREAT_MODELS",
-           "OPTIMIZERS", "SCHEDULES", "DEVICES", "STEP_RULES", "attack_step_size",
-           "from_spec_sections", "spec_settings", "render_reference"]
+           "OPTIMIZERS", "SCHEDULES", "DEVICES", "STEP_RULES", "PRECISIONS", "MEMORY_FORMATS",
+           "COMPILE_MODES", "attack_step_size", "from_spec_sections", "spec_settings",
+           "render_reference"]
 
 DATASETS = ("digits", "cifar10", "imagefolder")
 THREAT_MODELS = ("l2", "linf")
@@ -47,6 +48,9 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 STEP_RULES = ("auto", "relative", "absolute")
+PRECISIONS = ("auto", "fp32", "bf16")  # the rules: trainables.precision
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _LINF_EPS = number(0, 1)  # eps (and every extra eval eps) under the linf threat model
 
 
@@ -111,6 +115,18 @@ class TrainConfig:
         "spec's is read by `attack_step_rule`; a TrainConfig's is absolute (null: 2.5 * eps / "
         "attack_steps)",
         spec="train.attack_step_size", tunable=True)
+    # -- compute (the spec's `train:` section; the rules are in trainables.precision)
+    precision: str = setting(
+        "auto", choice(PRECISIONS), "numeric precision of training and the per-epoch "
+        "evaluation: `auto` = bf16 autocast on CUDA, fp32 on the CPU; the final evaluation is "
+        "always fp32", spec="train.precision")
+    memory_format: str = setting(
+        "auto", choice(MEMORY_FORMATS), "image memory layout: `auto` = channels_last for "
+        "convolutional models on CUDA, else contiguous", spec="train.memory_format",
+        changes_weights=False)
+    compile: str = setting(
+        "none", choice(COMPILE_MODES), "`torch.compile` mode of the training forward passes "
+        "(`none`: eager)", spec="train.compile", changes_weights=False)
     # -- evaluation (the spec's `eval:` section, and the eval subset in `dataset:`)
     eval_attack_steps: int = setting(20, integer(1), "PGD steps of the per-epoch robust "
                                      "accuracy (`eval/robust_acc`)", spec="eval.attack_steps",
