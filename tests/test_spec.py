@@ -166,7 +166,8 @@ def test_cli_user_error_in_a_real_process(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"python -m sweeps: error: {path}: train.epoch: unknown key in 'train' (did you mean "
         f"'epochs'?); allowed: attack_step_rule, attack_step_size, attack_steps, batch_size, "
-        f"epochs, lr, lr_gamma, lr_step_size, momentum, optimizer, schedule, weight_decay"]
+        f"compile, epochs, lr, lr_gamma, lr_step_size, memory_format, momentum, optimizer, "
+        f"precision, schedule, weight_decay"]
     assert not (tmp_path / "mlflow.db").exists()
 
 
