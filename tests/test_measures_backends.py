@@ -154,3 +154,28 @@ def test_cuda_equals_numpy(name: str) -> None:
     items = zoo(707)
     got = pairwise(name, items, backend="torch", device="cuda", **params)
     assert np.abs(got - pairwise(name, items, **params)).max() <= BACKEND_TOL
+
+
+def _tf32_rounded(X: np.ndarray) -> np.ndarray:
+    """X rounded to TF32's 10 explicit mantissa bits (round to nearest): the operand precision
+    of a CUDA TF32 tensor-core GEMM, which accumulates in float32 as the CPU does."""
+    bits = np.ascontiguousarray(X, dtype=np.float32).view(np.int32)
+    return ((bits + 0x1000) & ~0x1FFF).astype(np.int32).view(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in TORCH_MEASURES if MEASURES[n].tf32))
+def test_tf32_declared_measures_stay_within_the_bound_under_tf32_rounding(name: str) -> None:
+    """A measure may use TF32 on CUDA (``Measure.tf32``) only if its values stay within
+    ``BACKEND_TOL`` when the GEMM operands carry TF32's rounding (emulated on the CPU)."""
+    assert sorted(n for n in TORCH_MEASURES if MEASURES[n].tf32) == [
+        "linear_cka", "linear_cka_debiased", "procrustes_angular", "procrustes_sim"]
+    rng = np.random.default_rng(808)
+    n, d = 1500, 128
+    latent = rng.normal(size=(n, 32))
+    items = [np.tanh(latent @ rng.normal(size=(32, d)) / 3) + 0.4 * rng.normal(size=(n, d))
+             for _ in range(4)]
+    ref = pairwise(name, items)
+    centred = [X - X.mean(0) for X in items]  # the operands the GEMMs see
+    got = pairwise(name, [_tf32_rounded(X) for X in centred], backend="torch")
+    off = ~np.eye(4, dtype=bool)  # the angle's diagonal is exact anyway; pairs carry the error
+    assert np.abs(got - ref)[off].max() <= BACKEND_TOL

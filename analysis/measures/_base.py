@@ -117,6 +117,11 @@ class Measure:
     #: Smallest N the measure is defined for (debiased HSIC needs 4).
     min_n: int = 2
 
+    #: The torch backend may run this measure's float32 GEMMs on TF32 tensor cores (CUDA only):
+    #: set where the values stay within the backend tolerance under TF32 operand rounding
+    #: (tests/test_measures_backends.py checks it by emulating that rounding on the CPU).
+    tf32: bool = False
+
     def __init__(
         self,
         *,
@@ -273,7 +278,9 @@ class Measure:
         p = self.resolve_params(params, A.shape[0])
         chosen = resolve_backend(self, backend, device)
         if chosen.name == "torch":
-            state = self._prepare_torch(A, p, torch_ops().device(chosen.device))
+            dev = torch_ops().device(chosen.device)
+            with torch_ops().matmul(dev, tf32=self.tf32):
+                state = self._prepare_torch(A, p, dev)
             state["backend"] = "torch"
         else:
             state = self._prepare(A, p)
@@ -300,8 +307,10 @@ class Measure:
         """Value of the measure from two prepared states (same params as at prepare time)."""
         p = self.resolve_params(params, int(sa.get("n", 0)) or None)
         self._check_states([sa, sb], p)
-        compare = self._compare_torch if is_torch_state(sa) else self._compare
-        return float(compare(sa, sb, p))
+        if not is_torch_state(sa):
+            return float(self._compare(sa, sb, p))
+        with torch_ops().matmul(sa, tf32=self.tf32):
+            return float(self._compare_torch(sa, sb, p))
 
     def pairwise_block(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray | None:
         """All (M, M) values in one vectorised pass, or None where the math gives no shortcut."""
@@ -309,7 +318,11 @@ class Measure:
             return np.zeros((0, 0))
         p = self.resolve_params(params, int(states[0].get("n", 0)) or None)
         self._check_states(states, p)
-        block = (self._block_torch if is_torch_state(states[0]) else self._block)(states, p)
+        if is_torch_state(states[0]):
+            with torch_ops().matmul(states[0], tf32=self.tf32):
+                block = self._block_torch(states, p)
+        else:
+            block = self._block(states, p)
         return None if block is None else np.asarray(block, dtype=np.float64)
 
     def pairwise_states(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray:

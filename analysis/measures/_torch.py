@@ -53,10 +53,14 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def matmul(dev: torch.device, *, tf32: bool) -> Iterator[None]:
-    """float32 GEMMs on ``dev`` with TF32 tensor cores allowed or not (CUDA only; the CPU has
-    no TF32). Restores the previous setting."""
-    if dev.type != "cuda":
+def matmul(where: Any, *, tf32: bool) -> Iterator[None]:
+    """float32 GEMMs with TF32 tensor cores allowed (``tf32``) or not, while in the block, on
+    the device of ``where`` (a torch.device, a tensor, or a state holding tensors). Only CUDA has
+    TF32; the previous setting is restored."""
+    if isinstance(where, Mapping):
+        where = next((v for v in where.values() if isinstance(v, torch.Tensor)), None)
+    dev = where.device if isinstance(where, torch.Tensor) else where
+    if not isinstance(dev, torch.device) or dev.type != "cuda":
         yield
         return
     before = torch.backends.cuda.matmul.allow_tf32
