@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from analysis.measures import MEASURES, get_measure, pairwise
 from analysis.measures._backend import CPU_FASTER
-from bench._common import print_rows, row
+from bench._common import interleaved, print_rows, row
 
 PARAMS = {"knn_jaccard": {"k": 10}, "rank_sim": {"k": 10}, "joint_rank_jaccard": {"k": 10},
           "rtd": {"n_subsamples": 2, "subsample_size": 64}}
@@ -44,17 +42,6 @@ def features(m: int, n: int, d: int, seed: int = 0, noise: float = 0.7) -> list[
     latent = rng.normal(size=(n, d)).astype(np.float32)
     return [latent @ (rng.normal(size=(d, d)).astype(np.float32) / np.sqrt(d))
             + noise * rng.normal(size=(n, d)).astype(np.float32) for _ in range(m)]
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Wall seconds of each fn per round, the fns run back to back in every round."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def _ratios(base: list[float], value: list[float]) -> list[float]:
