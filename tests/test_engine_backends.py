@@ -36,17 +36,20 @@ def test_actor_engine_on_torch_equals_its_serial_twin(ray_session, one_torch_thr
     items.update(a_items)
     plan = plan_pairs(blocks + a_blocks, SPECS)
     serial = run(SerialEngine(use_blocks=False, backend="torch", device="cpu"), plan, items)
-    engine = RayEngine(actors=2, tile_pairs=3, backend="torch", gpus_per_actor=0)
+    engine = RayEngine(actors=2, tile_pairs=3, backend="torch", gpus_per_actor=0,
+                       use_blocks=False)
     actors = run(engine, plan, items)
     assert (serial["status"] == "ok").all(), serial.loc[serial.status != "ok", "error"].tolist()
     pd.testing.assert_frame_equal(serial.drop(columns="elapsed_s"),
                                   actors.drop(columns="elapsed_s"))
     assert engine.stats.backends[str(SPECS[0])] == "torch:cpu"
     assert engine.stats.backends["agreement"] == "numpy"  # no torch implementation: numpy
-    # and the torch rows equal the numpy engine's, block path included
+    # and the torch rows equal the numpy engine's, block paths included (a tile in one
+    # cross_block pass on the actors: float32 GEMMs of other shapes, so equal to F32 rounding)
     numpy_rows = run(SerialEngine(use_blocks=True), plan, items)
     blocked = run(SerialEngine(use_blocks=True, backend="torch"), plan, items)
-    for other in (numpy_rows, blocked):
+    tiles = run(RayEngine(actors=2, tile_pairs=4, backend="torch"), plan, items)
+    for other in (numpy_rows, blocked, tiles):
         assert list(other[SORT].itertuples(index=False)) == list(serial[SORT].itertuples(index=False))
         np.testing.assert_allclose(other["value"], serial["value"], rtol=0, atol=BACKEND_TOL)
 
@@ -132,3 +135,34 @@ def test_analysis_cli_on_the_torch_backend_equals_numpy(mlflow_store, tmp_path, 
     run = tr.search_sweep_runs(client, exp.experiment_id, sweep="bk", role="analysis")[-1]
     assert run.data.params["backend"] == "numpy"  # the first run's settings stay the params
     assert run.data.params["device"] == "cpu"
+
+
+class _Ref:
+    """Stands in for a Ray ObjectRef in a tile (only its ``hex()`` is read)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def hex(self) -> str:
+        return self.key
+
+
+@pytest.mark.parametrize("name,params", [("linear_cka_debiased", {}), ("procrustes_sim", {}),
+                                         ("knn_jaccard", {"k": 5})])
+def test_a_tile_of_torch_states_is_one_cross_block(name, params):
+    from analysis.engine.actors import _PairWorker
+
+    items, _ = synthetic(6, seed=9)
+    m = get_measure(name)
+    states = {k: m.prepare(v["features"], backend="torch", **params) for k, v in items.items()}
+    keys = sorted(states)
+    tasks = [(t, _Ref(keys[a]), _Ref(keys[b]), keys[a], keys[b])
+             for t, (a, b) in enumerate([(0, 3), (0, 4), (1, 3), (1, 5), (2, 4)])]
+    out = _PairWorker._tile_block(name, params, {}, tasks, states)
+    assert out is not None and [o[0] for o in out] == list(range(5))
+    for (_, a, b, _, _), (_, value, error, _) in zip(tasks, out, strict=True):
+        assert error == ""
+        assert value == pytest.approx(m.compare_states(states[a.key], states[b.key], **params),
+                                      abs=BACKEND_TOL)
+    numpy_states = {k: m.prepare(v["features"], **params) for k, v in items.items()}
+    assert _PairWorker._tile_block(name, params, {}, tasks, numpy_states) is None  # pairs then

@@ -34,7 +34,7 @@ from analysis.engine.plan import PairTask
 from analysis.engine.serial import SerialEngine
 from analysis.engine.spec import MeasureSpec
 from analysis.engine.state_cache import StateCache
-from analysis.measures import check_backend, portable_state
+from analysis.measures import check_backend, get_measure, portable_state
 from trainables.errors import ConfigError, UserError
 
 __all__ = ["RayEngine", "make_engine"]
@@ -72,15 +72,18 @@ class _PairWorker:
         backend, device: as for ``SerialEngine``; ``cuda`` is the actor's (first) Ray-assigned
             GPU.
         cache_bytes: budget of the live states kept on the device (``StateCache``).
+        use_blocks: compare a tile in one vectorised pass where the measure has one on the
+            states' backend (``Measure.cross_block``: the torch backend), else pair by pair.
     """
 
     def __init__(self, threads: int = 1, backend: str = "numpy", device: str = "cpu",
-                 cache_bytes: int = 4 * 2**30) -> None:
+                 cache_bytes: int = 4 * 2**30, use_blocks: bool = True) -> None:
         # the measures are registered: this module imports them through analysis.engine.compare
         self.pid = os.getpid()
         self.threads = _limit_threads(threads)
         self.backend, self.device = backend, device
         self.cache = StateCache(device, cache_bytes)
+        self.use_blocks = use_blocks
         try:
             check_backend(backend, device)  # this actor has the GPU it was given
             self.problem = ""
@@ -107,6 +110,9 @@ class _PairWorker:
         refs = {r.hex(): r for _, a, b, _, _ in tasks for r in (a, b)}
         states = self.cache.get(f"{name}{sorted(params.items())}", list(refs),
                                 lambda ids: ray.get([refs[i] for i in ids]))
+        out = self._tile_block(name, params, extra, tasks, states) if self.use_blocks else None
+        if out is not None:
+            return self.pid, out
         out = []
         for idx, a, b, ma, mb in tasks:
             t0 = time.perf_counter()
@@ -114,6 +120,27 @@ class _PairWorker:
                                         (ma, mb))
             out.append((idx, value, error, time.perf_counter() - t0))
         return self.pid, out
+
+
+    @staticmethod
+    def _tile_block(name: str, params: dict, extra: dict, tasks: list, states: dict):
+        """The tile's results from one ``cross_block`` (rows x cols of the tile), or None."""
+        if any("__error__" in s for s in states.values()):
+            return None  # the pair path writes the error rows
+        rows = list(dict.fromkeys(a.hex() for _, a, _, _, _ in tasks))
+        cols = list(dict.fromkeys(b.hex() for _, _, b, _, _ in tasks))
+        t0 = time.perf_counter()
+        try:
+            mat = get_measure(name).cross_block([states[r] for r in rows],
+                                                [states[c] for c in cols], **params, **extra)
+        except Exception:  # noqa: BLE001 - the pair path records the error
+            return None
+        if mat is None:
+            return None
+        each = (time.perf_counter() - t0) / len(tasks)
+        ri, ci = {r: i for i, r in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
+        return [(idx, float(mat[ri[a.hex()], ci[b.hex()]]), "", each)
+                for idx, a, b, _, _ in tasks]
 
 
 def _tiles(tasks: list[PairTask], target: int) -> list[list[int]]:
@@ -146,6 +173,8 @@ class RayEngine:
             at least 1), so the pool never runs more compute threads than it reserved.
         backend, device: ``numpy`` / ``torch`` / ``auto`` on ``cpu`` or ``cuda`` (the actor's
             GPU; default ``cuda`` when ``gpus_per_actor`` > 0), resolved per measure.
+        use_blocks: a tile of torch states in one ``cross_block`` pass (as ``SerialEngine``'s
+            ``use_blocks``); False: pair by pair, the exact twin of the serial pair path.
         gpus_per_actor: GPUs each actor reserves (fractions allowed; needs torch or auto).
         cache_bytes: per actor, the live states kept on its device between tiles.
 
@@ -158,11 +187,12 @@ class RayEngine:
     def __init__(self, *, actors: int = 2, tile_pairs: int | None = None, max_restarts: int = 4,
                  max_task_retries: int = 4, inflight: int = 2, num_cpus: float | None = None,
                  threads: int | None = None, backend: str = "numpy", device: str | None = None,
-                 gpus_per_actor: float = 0.0, cache_bytes: int = 4 * 2**30):
+                 gpus_per_actor: float = 0.0, cache_bytes: int = 4 * 2**30,
+                 use_blocks: bool = True):
         if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
             raise ConfigError(f"actors must be an integer >= 1, got actors={actors!r}")
         self.backend, self.device, self.gpus = _gpu_backend(backend, device, gpus_per_actor)
-        self.cache_bytes = cache_bytes
+        self.cache_bytes, self.use_blocks = cache_bytes, use_blocks
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ConfigError(f"threads must be an integer >= 1 or None, got threads={threads!r}")
@@ -206,8 +236,8 @@ class RayEngine:
         threads = self.threads or max(1, int(cpus))
         cls = ray.remote(num_cpus=cpus, num_gpus=self.gpus, max_restarts=self.max_restarts,
                          max_task_retries=self.max_task_retries)(_PairWorker)
-        self.actors = [cls.remote(threads, self.backend, self.device, self.cache_bytes)
-                       for _ in range(self.n)]
+        self.actors = [cls.remote(threads, self.backend, self.device, self.cache_bytes,
+                                  self.use_blocks) for _ in range(self.n)]
         answers = ray.get([a.ping.remote() for a in self.actors])
         self._pids = {i: pid for i, (pid, _) in enumerate(answers)}
         problems = sorted({p for _, p in answers if p})

@@ -110,9 +110,11 @@ def compare_pair(name: str, params: dict, sa: dict, sb: dict, extra: dict,
         return None, error_text(exc)
 
 
-def has_block(name: str) -> bool:
-    """Whether the measure has a vectorised ``pairwise_block`` (its class overrides ``_block``)."""
-    return type(get_measure(name))._block is not Measure._block
+def has_block(name: str, backend: Backend = Backend("numpy")) -> bool:
+    """Whether the measure has a vectorised ``pairwise_block`` on ``backend`` (its class
+    overrides ``_block``, or ``_block_torch`` for the torch backend)."""
+    hook = "_block_torch" if backend.name == "torch" else "_block"
+    return getattr(type(get_measure(name)), hook) is not getattr(Measure, hook)
 
 
 def emit_rows(stats: EngineStats, rows: Rows, sink: Sink, progress: Progress | None, done: int,

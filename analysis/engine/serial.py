@@ -71,7 +71,8 @@ class SerialEngine:
             states[i] = prepare_state(spec.name, spec.kwargs, X, extra, backend)
         self.stats.prepare_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if self.use_blocks and group[0].shared and len(ids) > 2 and has_block(spec.name) and \
+        if self.use_blocks and group[0].shared and len(ids) > 2 and \
+                has_block(spec.name, backend) and \
                 not any("__error__" in s for s in states.values()):
             try:
                 mat = get_measure(spec.name).pairwise_block([states[i] for i in ids],

@@ -325,6 +325,18 @@ class Measure:
             block = self._block(states, p)
         return None if block is None else np.asarray(block, dtype=np.float64)
 
+    def cross_block(self, states_a: Sequence[Mapping[str, Any]], states_b: Sequence[Mapping[str, Any]],
+                    **params: Any) -> np.ndarray | None:
+        """(len(a), len(b)) values measure(a_i, b_j) in one vectorised pass (a tile of the pair
+        list on a Ray actor), or None where there is none (numpy states: always None)."""
+        if not states_a or not states_b or not is_torch_state(states_a[0]):
+            return None
+        p = self.resolve_params(params, int(states_a[0].get("n", 0)) or None)
+        self._check_states([*states_a, *states_b], p)
+        with torch_ops().matmul(states_a[0], tf32=self.tf32):
+            block = self._cross_torch(states_a, states_b, p)
+        return None if block is None else np.asarray(block, dtype=np.float64)
+
     def pairwise_states(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray:
         """(M, M) matrix from prepared states: the block path if any, else pair by pair.
 
@@ -373,6 +385,10 @@ class Measure:
         raise NotImplementedError
 
     def _block_torch(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        return None
+
+    def _cross_torch(self, sa: Sequence[Mapping[str, Any]], sb: Sequence[Mapping[str, Any]],
+                     p: dict[str, Any]) -> np.ndarray | None:
         return None
 
 

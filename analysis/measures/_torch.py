@@ -28,7 +28,7 @@ __all__ = ["WORK", "F64", "device", "tensor", "to_numpy", "centred", "row_normal
            "sq_distances", "fro_inner", "block_sq_sums", "gram_inner", "svdvals64", "matmul",
            "knn_indices", "overlap_batches", "neighbour_overlap", "to_portable", "to_device", "u_centre",
            "double_centre", "median_upper", "upper_sq_sums", "upper_nuclear",
-           "same", "svd64", "quantile"]
+           "same", "svd64", "quantile", "cross_slabs", "cross_sq_sums", "cross_nuclear"]
 
 WORK = torch.float32
 F64 = torch.float64
@@ -138,9 +138,31 @@ def gram_inner(grams: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def svdvals64(C: torch.Tensor) -> torch.Tensor:
-    """Singular values of (a batch of) small matrices, in float64."""
-    return torch.linalg.svdvals(C.to(F64))
+    """Singular values of (a batch of) small matrices, in float64.
+
+    On the CPU one matrix at a time on one thread: for 256 x 256 blocks a 2-thread LAPACK SVD
+    took 4-20x longer than a 1-thread one on the (shared) 2-core reference machine, and a
+    batched call 1.7x longer than a loop (docs/PERFORMANCE.md); on CUDA one batched call.
+    """
+    C = C.to(F64)
+    if C.device.type != "cpu":
+        return torch.linalg.svdvals(C)
+    with _one_thread():
+        if C.dim() == 2:
+            return torch.linalg.svdvals(C)
+        return torch.stack([torch.linalg.svdvals(c) for c in C.reshape(-1, *C.shape[-2:])]
+                           ).reshape(*C.shape[:-2], -1)
 
 
 def knn_indices(Xc: torch.Tensor, *, k: int, metric: str, work: torch.dtype) -> torch.Tensor:
@@ -312,3 +334,44 @@ def svd64(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def quantile(X: torch.Tensor, q: float) -> float:
     """``np.quantile(X, q)`` (linear interpolation) over all entries."""
     return float(torch.quantile(X.reshape(-1).to(F64), q))
+
+
+def cross_slabs(mats_a: Sequence[torch.Tensor], mats_b: Sequence[torch.Tensor], *,
+                budget: int = 512 * 2**20) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (a0, a1, C): C = [A_a0 .. A_a1-1]^T [B_0 .. B_-1] (stacked), in slabs of models of
+    ``mats_a`` whose output stays within ``budget`` bytes: every (a, b) block once."""
+    right = torch.cat(list(mats_b), 1)  # (N, sum D_b)
+    widths = [x.shape[1] for x in mats_a]
+    i = 0
+    while i < len(mats_a):
+        j, rows = i + 1, widths[i]
+        while j < len(mats_a) and (rows + widths[j]) * right.shape[1] * right.element_size() <= budget:
+            rows += widths[j]
+            j += 1
+        yield i, j, torch.cat(list(mats_a[i:j]), 1).T @ right
+        i = j
+
+
+def cross_sq_sums(mats_a: Sequence[torch.Tensor], mats_b: Sequence[torch.Tensor]) -> np.ndarray:
+    """(len(a), len(b)) float64 ||A_i^T B_j||_F^2 from `cross_slabs`."""
+    out = np.empty((len(mats_a), len(mats_b)))
+    wb = [x.shape[1] for x in mats_b]
+    for a0, a1, cross in cross_slabs(mats_a, mats_b):
+        out[a0:a1] = to_numpy(block_sq_sums(cross, [x.shape[1] for x in mats_a[a0:a1]], wb))
+    return out
+
+
+def cross_nuclear(mats_a: Sequence[torch.Tensor], mats_b: Sequence[torch.Tensor]) -> np.ndarray:
+    """(len(a), len(b)) float64 nuclear norms ||A_i^T B_j||_* from `cross_slabs`."""
+    out = np.empty((len(mats_a), len(mats_b)))
+    cb = np.cumsum([0, *[x.shape[1] for x in mats_b]])
+    for a0, a1, cross in cross_slabs(mats_a, mats_b):
+        ra = np.cumsum([0, *[x.shape[1] for x in mats_a[a0:a1]]])
+        blocks = [cross[ra[a]:ra[a + 1], cb[b]:cb[b + 1]] for a in range(a1 - a0)
+                  for b in range(len(mats_b))]
+        if len({blk.shape for blk in blocks}) == 1:  # one batch (CUDA: one call)
+            nuc = svdvals64(torch.stack(blocks)).sum(-1)
+        else:
+            nuc = torch.stack([svdvals64(blk).sum() for blk in blocks])
+        out[a0:a1] = to_numpy(nuc).reshape(a1 - a0, len(mats_b))
+    return out

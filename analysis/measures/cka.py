@@ -167,12 +167,18 @@ class LinearCKA(Measure):
         # flop rate, so the Gram form must win by a wide flop margin (measured, 16 cores).
         return GRAM_PENALTY * cost_gram < cost_feat and m * n * n * 8 <= 2**30
 
-    def _debias_block(self, inner: Any, states: Sequence[Mapping[str, Any]], stack: Callable) -> Any:
-        """Add the debiased HSIC's correction terms to the (M, M) ||X_i^T X_j||^2 block."""
+    def _debias_block(self, inner: Any, states: Sequence[Mapping[str, Any]], stack: Callable,
+                      others: Sequence[Mapping[str, Any]] | None = None) -> Any:
+        """Add the debiased HSIC's correction terms to the (M, M') ||X_i^T Y_j||^2 block of
+        ``states`` against ``others`` (default: themselves)."""
         n = int(states[0]["n"])
         d = stack([s["d"] for s in states])  # (M, N) float64
         t = np.array([s["t"] for s in states])
-        return inner + (np.outer(t, t) / ((n - 1) * (n - 2)) - n / (n - 2) * np.asarray(d @ d.T))
+        if others is None:
+            return inner + (np.outer(t, t) / ((n - 1) * (n - 2)) - n / (n - 2) * np.asarray(d @ d.T))
+        d2 = stack([s["d"] for s in others])
+        t2 = np.array([s["t"] for s in others])
+        return inner + (np.outer(t, t2) / ((n - 1) * (n - 2)) - n / (n - 2) * np.asarray(d @ d2.T))
 
     def _block(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
         m = len(states)
@@ -227,6 +233,18 @@ class LinearCKA(Measure):
         # its self-HSIC again only to float32 precision
         np.fill_diagonal(inner, self_h)
         return _cka_from_hsic(inner, self_h[:, None], self_h[None, :])
+
+    def _cross_torch(self, sa: Sequence[Mapping[str, Any]], sb: Sequence[Mapping[str, Any]],
+                     p: dict[str, Any]) -> np.ndarray | None:
+        """A tile of pairs (feature-form states): one stacked GEMM per slab of ``sa``."""
+        if any(s["form"] != "feat" for s in (*sa, *sb)):
+            return None
+        T = torch_ops()
+        inner = T.cross_sq_sums([s["X"] for s in sa], [s["X"] for s in sb])
+        if self.debiased:
+            inner = self._debias_block(inner, sa, lambda v: np.stack([T.to_numpy(x) for x in v]), sb)
+        ha, hb = np.array([s["self"] for s in sa]), np.array([s["self"] for s in sb])
+        return _cka_from_hsic(inner, ha[:, None], hb[None, :])
 
 
 @register_measure(

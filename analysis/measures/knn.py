@@ -187,3 +187,12 @@ class KnnOverlap(Measure):
             for j0, batch in torch_ops().overlap_batches(idx, i):
                 out[i, j0: j0 + len(batch)] = out[j0: j0 + len(batch), i] = self._block_row(idx[i], batch, p["k"])
         return out
+
+    def _cross_torch(self, sa: Sequence[Mapping[str, Any]], sb: Sequence[Mapping[str, Any]],
+                     p: dict[str, Any]) -> np.ndarray | None:
+        idx_b = [s["idx"] for s in sb]
+        out = np.empty((len(sa), len(sb)))
+        for i, s in enumerate(sa):
+            for j0, batch in torch_ops().overlap_batches(idx_b, 0):
+                out[i, j0: j0 + len(batch)] = self._block_row(s["idx"], batch, p["k"])
+        return out

@@ -96,3 +96,11 @@ class Procrustes(Measure):
         np.fill_diagonal(nuclear, [T.fro_inner(s["X"], s["X"]) / s["sq"] for s in states])  # = 1
         sim = np.clip(nuclear, 0.0, 1.0)
         return sim if self.variant == "sim" else np.arccos(sim)
+
+    def _cross_torch(self, sa: Sequence[Mapping[str, Any]], sb: Sequence[Mapping[str, Any]],
+                     p: dict[str, Any]) -> np.ndarray | None:
+        T = torch_ops()
+        sq_a, sq_b = np.array([s["sq"] for s in sa]), np.array([s["sq"] for s in sb])
+        nuclear = T.cross_nuclear([s["X"] for s in sa], [s["X"] for s in sb])
+        sim = np.clip(nuclear / np.sqrt(np.outer(sq_a, sq_b)), 0.0, 1.0)
+        return sim if self.variant == "sim" else np.arccos(sim)
