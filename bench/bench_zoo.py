@@ -93,8 +93,9 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def _run_spec(engine, spec, items, ids, pids) -> tuple[float, float, int, int]:
-    """(wall s, peak MiB, pairs computed, pairs of the full zoo) of one measure spec."""
+def _run_spec(engine, spec, items, ids, pids) -> tuple[float, float, int, int, float]:
+    """(wall s, peak MiB, pairs computed, pairs of the full zoo, prepare s per model) of one
+    measure spec."""
     sample = ids[:RTD_SAMPLE] if spec.name == "rtd" and len(ids) > 50 else ids
     plan = plan_pairs([Block("clean", "zoo", KEY, sample, sample, True)], [spec])
     counted = [0, 0]
@@ -103,13 +104,15 @@ def _run_spec(engine, spec, items, ids, pids) -> tuple[float, float, int, int]:
         counted[0] += len(rows)
         counted[1] += sum(r["status"] != "ok" for r in rows)
 
+    prep0 = engine.stats.prepare_s
     with PeakRSS(pids) as mem:
         t0 = time.perf_counter()
         engine.run(plan, items, sink=sink)
         wall = time.perf_counter() - t0
     if counted[1]:
         raise RuntimeError(f"bench_zoo: {counted[1]} error rows for {spec}")
-    return wall, mem.mib, counted[0], len(ids) * (len(ids) - 1) // 2
+    return (wall, mem.mib, counted[0], len(ids) * (len(ids) - 1) // 2,
+            (engine.stats.prepare_s - prep0) / len(sample))
 
 
 def _zoo_rows(m: int, n: int, d: int, engines: dict) -> tuple[list[dict], dict]:
@@ -119,7 +122,7 @@ def _zoo_rows(m: int, n: int, d: int, engines: dict) -> tuple[list[dict], dict]:
     for label, (engine, pids) in engines.items():
         total, peak = 0.0, 0.0
         for spec in specs:
-            wall, mib, done, pairs = _run_spec(engine, spec, items, ids, pids())
+            wall, mib, done, pairs, prep = _run_spec(engine, spec, items, ids, pids())
             per_pair = wall / done
             full = per_pair * pairs
             if spec.name != "rtd":
@@ -129,7 +132,8 @@ def _zoo_rows(m: int, n: int, d: int, engines: dict) -> tuple[list[dict], dict]:
                 if done < pairs else ""
             rows.append(row(f"zoo M={m} N={n} D={d} {label}: {spec}", full, "", None, None,
                             "(figure)", None,
-                            f"{pairs} pairs{scaled}; {per_pair * 1e3:.3g} ms per pair; peak "
+                            f"{pairs} pairs{scaled}; {per_pair * 1e3:.3g} ms per pair (prepare "
+                            f"{prep * 1e3:.3g} ms per model included); peak "
                             f"memory +{mib:.0f} MiB; backend {engine.stats.backends.get(str(spec))}"
                             f"; 1-min load {os.getloadavg()[0]:.1f}"))
         totals[label] = (total, peak)
