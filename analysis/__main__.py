@@ -145,9 +145,20 @@ def _reproduce(args) -> None:
             import ray  # ensure_ray started it, so it is imported already
 
             ray.shutdown()
-    for t in json.loads(md.with_suffix(".json").read_text())["targets"]:
-        print(f"  target {t['number']}: {t['status']} - {t['title']}")
+    for g in json.loads(md.with_suffix(".json").read_text())["groups"]:
+        print(f"  {g['dataset']}, {g['threat_model']}:")
+        for t in g["targets"]:
+            print(f"    target {t['number']}: {t['status']} - {t['title']}{_key_text(t['key'])}")
     print(f"reproduction: {md}")
+
+
+def _key_text(key: dict | None) -> str:
+    """`` (agreement cross +0.0065 [-0.0210, +0.0360], 3 x 2 loao-jackknife)`` or ``""``."""
+    if not key or key.get("value") is None:
+        return ""
+    ci = f" [{key['ci'][0]:+.4f}, {key['ci'][1]:+.4f}]" if key.get("ci") else " (no interval)"
+    return (f" ({key['measure']} {key['kind']} {key['value']:+.4f}{ci}, "
+            f"{key['n_archs']} x {key['n_seeds']} {key['method']})")
 
 
 def main(argv: list[str] | None = None) -> int:

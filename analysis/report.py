@@ -6,7 +6,9 @@ nothing is recomputed (STYLE rule 15). Writes into ``reports/<sweep>/report/``:
 - ``heatmap_<input_set>_<measure>.png``: models ordered by (eps, arch, seed), eps groups
   separated by lines; symmetric measures are mirrored, the diagonal is left blank;
 - ``groups_<input_set>.png``: box + strip plots of pair values by eps group and arch group;
-- ``vs_eps_<input_set>.png``: mean over same-eps pairs vs eps with 95% bootstrap CIs (seeded);
+- ``vs_eps_<input_set>.png``: mean over same-eps pairs vs eps, cross-architecture pairs (the
+  headline) and same-architecture pairs across seeds beside them, never pooled, with the 95%
+  intervals of ``analysis.reproduction.stats`` (SPEC §10);
 - ``fort_<input_set>.png`` + ``fort.csv``: agreement against the Fort et al. (2020) reference
   values computed from each pair's clean accuracies;
 - ``summary.csv`` (the group statistics), ``pairs_grouped.csv``, and ``index.html`` (every
@@ -33,15 +35,19 @@ import pandas as pd  # noqa: E402
 
 from analysis.engine.store import ResultStore  # noqa: E402
 from analysis.measures import MeasureInputError, fort_bounds  # noqa: E402
+from analysis.reproduction.stats import LEVEL, PairSet, estimate  # noqa: E402
 from trainables.errors import UserError  # noqa: E402
 
-__all__ = ["annotate", "summarise", "bootstrap_ci", "fort_reference", "build_report",
+__all__ = ["annotate", "summarise", "group_interval", "fort_reference", "build_report",
            "screenshot"]
 
 log = logging.getLogger(__name__)
 
 GROUP_KEYS = ["dataset", "input_set", "measure", "params", "eps_group", "arch_group"]
-N_BOOT = 1000
+#: Pair kind of each arch group for the intervals: pairs of different architectures are the
+#: headline ("cross"); same-architecture pairs (across seeds, or across eps) the baseline.
+KIND = {"different-arch": "cross", "same-arch-different-seed": "intra",
+        "same-arch-same-seed": "intra"}
 
 
 def annotate(pairs: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
@@ -65,39 +71,42 @@ def annotate(pairs: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def bootstrap_ci(values: np.ndarray, *, seed: int, n_boot: int = N_BOOT,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean over pairs (vectorised: (n_boot, n) resamples)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return (np.nan, np.nan)
-    if values.size == 1:
-        return (float(values[0]), float(values[0]))
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+def group_interval(rows: pd.DataFrame, kind: str) -> dict:
+    """The SPEC §10 interval of one group of pair rows (``annotate``'s columns, status ok):
+    the mean over architecture pairs of the mean over their model pairs, with the
+    leave-one-architecture-out jackknife (``analysis.reproduction.stats.estimate``). A model is
+    the cell (arch, (seed, eps)), so pairs across eps are pairs of different models."""
+    ps = PairSet(symmetric=True)
+    for r in rows.itertuples(index=False):
+        ps.add("g", (r.arch_a, (r.seed_a, r.eps_a)), (r.arch_b, (r.seed_b, r.eps_b)), r.value)
+    est = estimate(ps, {"g": 1}, kind=kind, level=LEVEL)
+    return {"estimate": est.value if est.value is not None else np.nan,
+            "ci_lo": est.lo if est.has_interval else np.nan,
+            "ci_hi": est.hi if est.has_interval else np.nan, "n_archs": est.n_archs,
+            "n_seeds": est.n_seeds, "method": est.method}
 
 
-def _group_seed(seed: int, key: tuple) -> int:
-    return zlib.crc32(f"{seed}|{key}".encode())  # stable per group, whatever the group order
-
-
-def summarise(tidy: pd.DataFrame, *, seed: int = 0, keys: list[str] | None = None) -> pd.DataFrame:
-    """Per group: n pairs (ok), n errors, mean, std, median, 95% bootstrap CI of the mean."""
+def summarise(tidy: pd.DataFrame, *, keys: list[str] | None = None) -> pd.DataFrame:
+    """Per group: n pairs (ok), n errors, mean, std, median over pairs, and the SPEC §10
+    estimate with its interval, n_archs, n_seeds and method (``group_interval``); groups are
+    split by ``arch_group`` whenever it is a key, so cross- and same-architecture pairs are
+    never pooled."""
     keys = keys or GROUP_KEYS
     rows = []
     for key, grp in tidy.groupby(keys, sort=True, dropna=False):
-        ok = grp.loc[grp["status"] == "ok", "value"].to_numpy(dtype=np.float64)
-        lo, hi = bootstrap_ci(ok, seed=_group_seed(seed, key))
-        rows.append({**dict(zip(keys, key, strict=True)), "n": int(ok.size),
+        label = dict(zip(keys, key, strict=True))
+        okrows = grp[grp["status"] == "ok"]
+        ok = okrows["value"].to_numpy(dtype=np.float64)
+        kind = KIND.get(label.get("arch_group"), "cross")
+        rows.append({**label, "n": int(ok.size),
                      "n_error": int((grp["status"] == "error").sum()),
                      "mean": float(ok.mean()) if ok.size else np.nan,
                      "std": float(ok.std(ddof=1)) if ok.size > 1 else np.nan,
                      "median": float(np.median(ok)) if ok.size else np.nan,
-                     "ci_lo": lo, "ci_hi": hi})
-    return pd.DataFrame(rows, columns=[*keys, "n", "n_error", "mean", "std", "median", "ci_lo",
-                                       "ci_hi"])
+                     **group_interval(okrows, kind)})
+    return pd.DataFrame(rows, columns=[*keys, "n", "n_error", "mean", "std", "median",
+                                       "estimate", "ci_lo", "ci_hi", "n_archs", "n_seeds",
+                                       "method"])
 
 
 def fort_reference(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -175,12 +184,19 @@ def _groups_plot(tidy: pd.DataFrame, title: str, path: Path, seed: int) -> Path:
 def _vs_eps_plot(summary_eps: pd.DataFrame, title: str, path: Path) -> Path:
     measures = sorted(summary_eps["measure"].unique())
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name in measures:
-        s = summary_eps[summary_eps["measure"] == name].sort_values("pair_eps")
-        ax.errorbar(s["pair_eps"], s["mean"], yerr=[s["mean"] - s["ci_lo"], s["ci_hi"] - s["mean"]],
-                    marker="o", capsize=3, label=name)
+    for k, name in enumerate(measures):
+        for group, style in (("different-arch", "-"), ("same-arch-different-seed", ":")):
+            s = summary_eps[(summary_eps["measure"] == name)
+                            & (summary_eps["arch_group"] == group)].sort_values("pair_eps")
+            if s.empty:
+                continue
+            err = np.nan_to_num(np.array([s["estimate"] - s["ci_lo"], s["ci_hi"] - s["estimate"]],
+                                         dtype=float))  # no interval: a bare point
+            ax.errorbar(s["pair_eps"], s["estimate"], yerr=err, marker="o", capsize=3,
+                        linestyle=style, color=f"C{k}",
+                        label=name + ("" if group == "different-arch" else " (same arch)"))
     ax.set_xlabel("training eps (both models)")
-    ax.set_ylabel("mean over same-eps pairs (95% bootstrap CI)")
+    ax.set_ylabel("mean over same-eps pairs (95% CI, SPEC §10)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return _png(fig, path)
@@ -232,7 +248,7 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
     Args:
         out_dir: ``reports/<sweep>`` holding ``pairs.parquet`` and ``models.parquet``.
         sweep: sweep name (for titles).
-        seed: seed of the bootstrap and the strip-plot jitter.
+        seed: seed of the strip-plot jitter.
     """
     out_dir = Path(out_dir)
     rdir = out_dir / "report"
@@ -243,11 +259,11 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
     skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else {}
     tidy = annotate(pairs, models)
     tidy.to_csv(rdir / "pairs_grouped.csv", index=False)
-    summary = summarise(tidy, seed=seed)
+    summary = summarise(tidy)
     summary.to_csv(rdir / "summary.csv", index=False)
     same = tidy[tidy["pair_eps"].notna()]
-    vs_eps = summarise(same, seed=seed, keys=["dataset", "input_set", "measure", "params",
-                                             "pair_eps"])
+    vs_eps = summarise(same, keys=["dataset", "input_set", "measure", "params", "pair_eps",
+                                   "arch_group"])
     vs_eps.to_csv(rdir / "vs_eps.csv", index=False)
     fort = fort_reference(tidy)
     fort_cols = ["dataset", "input_set", "label_a", "label_b", "eps_a", "eps_b", "clean_acc_a",
@@ -257,7 +273,7 @@ def build_report(out_dir: str | Path, *, sweep: str, seed: int = 0) -> Path:
     sections = [_section(dataset, iset, sub, models=models, rdir=rdir, seed=seed,
                          summary=summary, vs_eps=vs_eps, fort=fort)
                 for (dataset, iset), sub in tidy.groupby(["dataset", "input_set"], sort=True)]
-    page = _page(sweep, pairs, models, skipped, sections, seed=seed)
+    page = _page(sweep, pairs, models, skipped, sections)
     index = rdir / "index.html"
     index.write_text(page)
     log.info("report written to %s", index)
@@ -297,7 +313,7 @@ def _section(dataset: str, iset: str, sub: pd.DataFrame, *, models: pd.DataFrame
 
 
 def _page(sweep: str, pairs: pd.DataFrame, models: pd.DataFrame, skipped: dict[str, str],
-          sections: list[str], *, seed: int) -> str:
+          sections: list[str]) -> str:
     """The whole HTML page: the models, the skipped runs, the sections, failed comparisons."""
     n_err = int((pairs["status"] == "error").sum())
     errors = pairs[pairs["status"] == "error"][["model_a", "model_b", "input_set", "measure",
@@ -312,7 +328,10 @@ def _page(sweep: str, pairs: pd.DataFrame, models: pd.DataFrame, skipped: dict[s
             f"<p class='note'>{len(models)} models, {len(pairs)} comparisons "
             f"({n_err} failed). Values come from <code>pairs.parquet</code>; nothing here is "
             f"recomputed. Heatmaps: models ordered by eps, arch, seed; white lines separate eps "
-            f"groups. CIs: 95% percentile bootstrap over pairs ({N_BOOT} resamples, seed {seed})."
+            f"groups. Intervals (SPEC §10): {100 * LEVEL:.0f}% leave-one-architecture-out "
+            f"jackknife of the mean over architecture pairs (columns estimate, ci_lo, ci_hi, "
+            f"n_archs, n_seeds, method; method none = the grid cannot give one); pairs of "
+            f"different architectures and of the same architecture are never pooled."
             f"</p><h2>Models</h2>"
             + _table(models.sort_values(["eps", "arch", "seed"])[mcols])
             + f"<h2>Skipped runs</h2><ul>{skipped_html}</ul>" + "".join(sections)

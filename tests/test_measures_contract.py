@@ -17,7 +17,9 @@ from analysis.measures import INVARIANCES, MEASURES, MeasureInputError, compare,
 
 TOL = 1e-9  # same-math comparisons (invariances, symmetry, paths)
 SELF_TOL = 1e-6  # self values (arccos near 1 amplifies rounding to ~1e-8)
-N_FEAT, N_FUNC, C = 40, 200, 5
+# N_FEAT is at least every measure's declared meaningful N for these inputs (k-NN with k=5:
+# max(50, 2k) = 50; SVCCA/PWCCA: > Da + Db = 11; biased CKA: > D = 6), so compare does not refuse.
+N_FEAT, N_FUNC, C = 60, 200, 5
 
 # Small settings for the slow or N-bound measures.
 TEST_PARAMS = {
@@ -237,7 +239,7 @@ def test_unknown_measure_lists_known() -> None:
 
 
 def test_param_errors_name_value_and_allowed() -> None:
-    A, B = _features(np.random.default_rng(0))
+    A, B = _features(np.random.default_rng(0), n=40)
     with pytest.raises(MeasureInputError, match=r"k=40 must be < N=40"):
         compare("knn_jaccard", A, B, k=40)
     with pytest.raises(MeasureInputError, match=r"metric='manhattan' is invalid; allowed: one of \['cosine', 'euclidean'\]"):
@@ -247,7 +249,7 @@ def test_param_errors_name_value_and_allowed() -> None:
     with pytest.raises(MeasureInputError, match="lam=-1"):
         compare("gulp", A, B, lam=-1.0)
     with pytest.raises(MeasureInputError, match="constant"):
-        compare("linear_cka", np.ones((10, 3)), B[:10])
+        compare("linear_cka", np.ones((40, 3)), B)
     m = MEASURES["knn_jaccard"]
     s5, s6 = m.prepare(A, k=5), m.prepare(B, k=6)
     with pytest.raises(MeasureInputError, match="prepared as"):

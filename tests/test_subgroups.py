@@ -85,14 +85,22 @@ def test_each_subset_is_computed_with_fresh_state(rng):
 
 
 def test_tiny_disagree_subset_is_recorded_not_crashed(rng):
-    n = 60
+    """A subset below the measure's declared meaningful N (SPEC §10) is "too small", with the
+    rule, never a value: k-NN with k=10 needs max(50, 2k) = 50 rows, biased CKA N > D and 20."""
+    n = 100
     A = rng.normal(size=(n, 4))
-    pa, pb = _preds(n, np.arange(5), rng)  # 5 disagreements: too few for k=10
+    pa, pb = _preds(n, np.arange(25), rng)  # 25 disagreements: too few for k=10, enough for CKA
     jac, cka = subgroup_similarity(A, A, pa, pb, measures=[JACC, CKA], n_permutations=5)
     assert jac.status == "too_small" and np.isnan(jac.agree)
-    assert "disagree subset has 5 rows" in jac.reason and ">= 12" in jac.reason
-    assert cka.status == "ok"  # debiased CKA is defined from 4 rows
-    assert min_samples(JACC) == 12 and min_samples(CKA) >= 4
+    assert "disagree subset has 25 rows" in jac.reason and ">= 50" in jac.reason
+    assert "max(50, 2k)" in jac.reason
+    assert cka.status == "ok"  # biased CKA on D=4 features: N > 4 and the common floor 20
+    assert min_samples(JACC) == 50 and min_samples(CKA) == 20
+    assert min_samples(CKA, (4, 64)) == 65  # biased CKA: N > D
+    assert min_samples(MeasureSpec("svcca"), (30, 40)) == 71  # CCA: N > Da + Db
+    (small,) = subgroup_similarity(A, A, *_preds(n, np.arange(10), rng), measures=[CKA],
+                                   n_permutations=0)
+    assert small.status == "too_small" and "disagree subset has 10 rows" in small.reason
     none = subgroup_similarity(A, A, pa, pa, measures=[CKA], n_permutations=5)[0]
     assert none.status == "too_small" and none.n_disagree == 0
     with pytest.raises(ConfigError, match="n_permutations"):

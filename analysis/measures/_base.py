@@ -122,6 +122,10 @@ class Measure:
     #: (tests/test_measures_backends.py checks it by emulating that rounding on the CPU).
     tf32: bool = False
 
+    #: Smallest N at which a representational measure means something (SPEC §10); families
+    #: with their own rule (k-NN, CCA, biased CKA) raise it in ``meaningful_n``.
+    small_n_floor: int = 20
+
     def __init__(
         self,
         *,
@@ -249,6 +253,32 @@ class Measure:
             raise MeasureInputError(f"{self.name}: {what} has N={A.shape[0]} samples; needs at least {self.min_n}")
         return A
 
+    def meaningful_n(self, p: Mapping[str, Any], dims: Sequence[int] = ()) -> tuple[int, str]:
+        """The smallest N at which the measure's value means something, and the rule behind it.
+
+        A similarity on a handful of rows is noise (SPEC §10): ``compare`` and ``pairwise``
+        refuse fewer rows unless the caller passes ``allow_small_n=True``; the reproduction's
+        subgroup experiment marks such subsets "too small". Functional measures are exact
+        counts or means over inputs: only ``min_n``.
+
+        Args:
+            p: resolved params (``resolve_params``).
+            dims: the inputs' feature widths (Da, Db), where known.
+        """
+        if self.kind == "functional":
+            return self.min_n, f"N >= {self.min_n}"
+        need = max(self.min_n, self.small_n_floor)
+        return need, f"N >= {need}"
+
+    def check_small_n(self, n: int, p: Mapping[str, Any], dims: Sequence[int] = ()) -> None:
+        """Raise MeasureInputError when N is below ``meaningful_n``."""
+        need, rule = self.meaningful_n(p, dims)
+        if n < need:
+            raise MeasureInputError(
+                f"{self.name}: N={n} samples is below the smallest N it is meaningful at ({rule}); "
+                "pass allow_small_n=True to compute it anyway"
+            )
+
     def _state_key(self, p: Mapping[str, Any]) -> str:
         """Fingerprint of (measure, params) stored in every state, so mismatched states are caught."""
         parts = []
@@ -356,14 +386,18 @@ class Measure:
         return out
 
     def compare(self, A: Any, B: Any, *, backend: str = "numpy", device: str | None = None,
-                **params: Any) -> float:
-        """measure(A, B) for two inputs over the same N samples (backend, device: `prepare`)."""
+                allow_small_n: bool = False, **params: Any) -> float:
+        """measure(A, B) for two inputs over the same N samples (backend, device: `prepare`;
+        N below ``meaningful_n`` is refused unless ``allow_small_n``)."""
         A = self.validate(A, "A")
         B = self.validate(B, "B")
         if A.shape[0] != B.shape[0]:
             raise MeasureInputError(
                 f"{self.name}: A and B must have the same number of samples (rows); got A {A.shape}, B {B.shape}"
             )
+        if not allow_small_n:
+            dims = (A.shape[1], B.shape[1]) if self.input == "features" else ()
+            self.check_small_n(A.shape[0], self.resolve_params(params, A.shape[0]), dims)
         on = dict(backend=backend, device=device)
         return self.compare_states(self.prepare(A, **on, **params), self.prepare(B, **on, **params), **params)
 
@@ -420,19 +454,22 @@ def get_measure(name: str) -> Measure:
 
 
 def compare(name: str, A: Any, B: Any, *, backend: str = "numpy", device: str | None = None,
-            **params: Any) -> float:
+            allow_small_n: bool = False, **params: Any) -> float:
     """Value of measure `name` between A and B (see `Measure.compare`)."""
-    return get_measure(name).compare(A, B, backend=backend, device=device, **params)
+    return get_measure(name).compare(A, B, backend=backend, device=device,
+                                     allow_small_n=allow_small_n, **params)
 
 
 def pairwise(name: str, items: Sequence[Any], *, backend: str = "numpy", device: str | None = None,
-             **params: Any) -> np.ndarray:
+             allow_small_n: bool = False, **params: Any) -> np.ndarray:
     """(M, M) matrix of measure `name` over M inputs; each input is prepared once.
 
     Args:
         name: registered measure name.
         items: M inputs of the measure's input kind, all with the same N.
         backend: `numpy`, `torch` or `auto`; device: `cpu`, `cuda` or `cuda:N` (`Measure.prepare`).
+        allow_small_n: compute even when N is below the measure's ``meaningful_n`` (for the
+            widest two inputs).
         **params: measure parameters.
 
     Returns:
@@ -444,6 +481,9 @@ def pairwise(name: str, items: Sequence[Any], *, backend: str = "numpy", device:
     if len(ns) > 1:
         raise MeasureInputError(f"{name}: items have different numbers of samples N: {ns}; rows must align")
     states = [measure.prepare(x, backend=backend, device=device, **params) for x in items]
+    if states and not allow_small_n:
+        dims = sorted(_to_numpy(x).shape[1] for x in items)[-2:] if measure.input == "features" else ()
+        measure.check_small_n(states[0]["n"], measure.resolve_params(params, states[0]["n"]), dims)
     return measure.pairwise_states(states, **params)
 
 

@@ -223,8 +223,8 @@ class FortBounds(NamedTuple):
 
     Attributes:
         min_disagreement: d_lo, the disagreement when the worse model is the better one with a
-            fraction of predictions replaced by uniformly random wrong classes (drawn as the
-            upper agreement curve 1 - d_lo).
+            fraction of predictions replaced by labels drawn uniformly over all C classes (drawn
+            as the upper agreement curve 1 - d_lo).
         independent_disagreement: d_hi, the disagreement when errors are independent and uniform
             over the wrong classes (drawn as the lower agreement curve 1 - d_hi).
     """
@@ -247,6 +247,14 @@ def fort_bounds(acc_a: float, acc_b: float, num_classes: int) -> FortBounds:
     With a <= a* the two accuracies:
     d_lo = (C-1)(a* - a) / (C a* - 1), clipped to 1;
     d_hi = (1-a*) a + (1-a) a* + (1-a*)(1-a)(C-2)/(C-1).
+
+    What the references assume: d_hi (the lower agreement curve, ``independent_agreement``) is
+    the disagreement of two models whose errors are independent of each other and spread
+    uniformly over the C - 1 wrong classes; with errors concentrated on a few confusable classes
+    (as real models make them) agreement above it is expected and is not evidence of shared
+    mechanism. d_lo (the upper curve) is the worse model obtained from the better one by
+    replacing predictions with labels drawn uniformly over all C classes, which needs the better
+    accuracy above chance 1/C.
 
     Args:
         acc_a, acc_b: accuracies in [0, 1]; order does not matter.

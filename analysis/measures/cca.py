@@ -11,12 +11,13 @@ orthonormal bases of the column spaces (thin SVD; directions with singular value
   representation each canonical variate h_i accounts for, alpha_i = sum_j |<h_i, x_j>| over
   X's neurons x_j. Asymmetric; not invariant to rotations of X (the |.| is per neuron).
 
-With Da + Db >= N the canonical correlations go to 1 trivially; use N well above Da + Db.
+With Da + Db >= N the canonical correlations go to 1 trivially: ``compare`` / ``pairwise`` refuse
+N <= Da + Db (``meaningful_n``) unless the caller passes ``allow_small_n=True``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,11 @@ def _rank(S: np.ndarray, keep: float | None) -> int:
 )
 class CCA(Measure):
     """SVCCA (`svcca`) and projection-weighted CCA (`pwcca`)."""
+
+    def meaningful_n(self, p: Mapping[str, Any], dims: Sequence[int] = ()) -> tuple[int, str]:
+        """N > Da + Db: below it the two column spaces share directions by construction."""
+        need = max(self.small_n_floor, sum(dims) + 1)
+        return need, f"N > Da + Db = {sum(dims)}" if dims else f"N >= {need}"
 
     def _prepare(self, X: np.ndarray, p: dict[str, Any]) -> dict[str, Any]:
         U, R = _basis(X, p.get("keep"), self.name)

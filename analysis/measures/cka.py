@@ -111,6 +111,14 @@ class LinearCKA(Measure):
         self.debiased = self.variant == "debiased"
         self.min_n = 4 if self.debiased else 2
 
+    def meaningful_n(self, p: Mapping[str, Any], dims: Sequence[int] = ()) -> tuple[int, str]:
+        """Biased CKA needs N > D (SPEC §10: with D >= N it is inflated towards 1 even on
+        noise); the debiased estimator only the common floor."""
+        if self.debiased or not dims:
+            return super().meaningful_n(p, dims)
+        need = max(self.small_n_floor, max(dims) + 1)
+        return need, f"N > D = {max(dims)} (biased HSIC)"
+
     def _prepare(self, X: np.ndarray, p: dict[str, Any]) -> dict[str, Any]:
         Xc = centred(X, name=self.name)
         n, d = Xc.shape

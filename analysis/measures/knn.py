@@ -141,6 +141,12 @@ def _knn_params() -> dict[str, Param]:
 class KnnOverlap(Measure):
     """Neighbourhood-overlap measures over k-NN graphs (see module docstring)."""
 
+    def meaningful_n(self, p: Mapping[str, Any], dims: Sequence[int] = ()) -> tuple[int, str]:
+        """N >= max(50, 2k) (SPEC §10): with fewer points a k-neighbourhood is a large share of
+        the set and overlaps by chance."""
+        need = max(50, 2 * int(p["k"]))
+        return need, f"N >= max(50, 2k) = {need} for k={p['k']}"
+
     def _check_params(self, p: dict[str, Any], n: int | None) -> None:
         if n is not None and p["k"] >= n:
             raise MeasureInputError(f"{self.name}: k={p['k']} must be < N={n} (a point is not its own neighbour)")

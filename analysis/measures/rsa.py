@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ._backend import torch_ops
-from ._base import Measure, choice, register_measure
+from ._base import Measure, MeasureInputError, choice, register_measure
 from ._linalg import GRAM_STACK_BYTES, centred, centred_tensor, row_normalised, sq_distances, thin
 from ._presets import REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
@@ -70,8 +70,12 @@ class RSA(Measure):
             v = rankdata(v)  # average ranks for ties
         v = v - v.mean()
         norm = np.linalg.norm(v)
-        # a constant RDM has no defined correlation; the zero vector gives 0 against anything
-        return {"v": v / norm if norm > 0 else v}
+        if not norm > 0:  # like every other measure: no silent 0 for an undefined correlation
+            raise MeasureInputError(
+                f"{self.name}: the {p['rdm']} dissimilarity matrix is constant across sample pairs "
+                "(all samples identical or equidistant); its correlation is undefined"
+            )
+        return {"v": v / norm}
 
     def _compare(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
         return float(np.clip(sa["v"] @ sb["v"], -1.0, 1.0))

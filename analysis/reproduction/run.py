@@ -1,8 +1,9 @@
 """The reproduction run: the paper's experiments on a finished sweep and an honest report on
 SPEC §8's eight targets.
 
-``run_reproduction(sweep)`` goes in steps: discover the sweep's models
-(``analysis.inputs.discovery``) and reload the eval set with the options the trials used; plan
+``run_reproduction(sweep)`` goes in steps, for every (dataset, threat model) group of the sweep
+on its own: discover the sweep's models (``analysis.inputs.discovery``) and reload the group's
+eval set with the options the trials used; plan
 the input sets (clean, the training split for probes, every model's inverted images); extract
 each model's features and logits once on each (``analysis.inputs.extract``, cached and shared
 with ``python -m analysis run``); gather them into a ``StudyData``, with the clean and inverted
@@ -40,7 +41,7 @@ from analysis.inputs import (
     load_eval_sets,
     load_model,
 )
-from analysis.measures import MeasureInputError
+from analysis.measures import MeasureInputError, get_measure
 from analysis.reproduction.probes import run_probes
 from analysis.reproduction.study import (
     INVERSION_NOT_DISCRIMINATIVE,
@@ -48,6 +49,7 @@ from analysis.reproduction.study import (
     ModelInfo,
     ReproConfig,
     StudyData,
+    TargetResult,
 )
 from analysis.reproduction.targets import evaluate_targets
 from analysis.reproduction.writer import write_report
@@ -93,37 +95,63 @@ def run_reproduction(sweep: str, *, tracking_uri: str | None = None,
     cfg = config or ReproConfig()
     tracking_uri = tr.resolve_tracking_uri(tracking_uri)
     out_dir = Path(reports_root or tr.default_paths().reports) / sweep
-    disc, refs = _models(sweep, tracking_uri)
-    base = load_eval_sets(refs, data_root=data_root, eval_size=eval_size,
-                          data_seed=data_seed)[refs[0].dataset]
-    inputs = _Inputs.plan(base, cfg, max_train)
-    blocks, failures = extract_all(refs, inputs.sets, bases={base.dataset: base},
-                                   cache=ArtifactCache(out_dir / "cache"),
-                                   tracking_uri=tracking_uri, use_ray=use_ray, progress=progress)
-    refs = [m for m in refs if m.run_id not in failures]
-    study, train = _gather(refs, base, blocks, inputs, out_dir / "pairs.parquet")
-    eps_values = sorted({m.eps for m in refs})
-    study.robust_acc = _robust_at(refs, base.X, base.y, eps_values[-1], cfg, tracking_uri,
-                                  progress=progress)
-    _train_probes(study, refs, base, train, cfg)
-    results = evaluate_targets(study, config=cfg)
-    header = _header(sweep, disc, failures, refs, base, study, train, inputs, cfg)
-    md, js = write_report(results, out_dir, header=header)
+    disc, groups = _models(sweep, tracking_uri)
+    where = _Where(tracking_uri, out_dir, data_root, data_seed, eval_size, max_train, use_ray)
+    done = [_run_group(sweep, disc, refs, cfg, where, progress) for refs in groups.values()]
+    md, js = write_report(done, out_dir, sweep=sweep)
     _log_to_mlflow(sweep, [md, js], tracking_uri)
     return md
 
 
-def _models(sweep: str, tracking_uri: str) -> tuple[Discovery, list[ModelRef]]:
-    """The sweep's finished models of its first (dataset, threat model) group."""
+@dataclass(frozen=True)
+class _Where:
+    """Where a group's inputs come from and its outputs go (``run_reproduction``'s options)."""
+
+    tracking_uri: str
+    out_dir: Path
+    data_root: str | None
+    data_seed: int | None
+    eval_size: int | None
+    max_train: int | None
+    use_ray: bool
+
+
+def _run_group(sweep: str, disc: Discovery, refs: list[ModelRef], cfg: ReproConfig,
+               where: _Where, progress: Progress | None) -> tuple[dict[str, Any],
+                                                                   list[TargetResult]]:
+    """Extract, measure and evaluate one (dataset, threat model) group: (header, results)."""
+    base = load_eval_sets(refs, data_root=where.data_root, eval_size=where.eval_size,
+                          data_seed=where.data_seed)[refs[0].dataset]
+    inputs = _Inputs.plan(base, cfg, where.max_train)
+    blocks, failures = extract_all(refs, inputs.sets, bases={base.dataset: base},
+                                   cache=ArtifactCache(where.out_dir / "cache"),
+                                   tracking_uri=where.tracking_uri, use_ray=where.use_ray,
+                                   progress=progress)
+    refs = [m for m in refs if m.run_id not in failures]
+    study, train = _gather(refs, base, blocks, inputs, where.out_dir / "pairs.parquet")
+    n_known = len(study.known)
+    eps_values = sorted({m.eps for m in refs})
+    study.robust_acc = _robust_at(refs, base.X, base.y, eps_values[-1], cfg, where.tracking_uri,
+                                  progress=progress)
+    _train_probes(study, refs, base, train, cfg)
+    results = evaluate_targets(study, config=cfg)
+    header = _header(sweep, disc, failures, refs, base, study, train, inputs, cfg)
+    header["pair_values_available_from_analysis_table"] = n_known
+    return header, results
+
+
+def _models(sweep: str, tracking_uri: str) -> tuple[Discovery, dict[tuple[str, str],
+                                                                    list[ModelRef]]]:
+    """The sweep's finished models, per (dataset, threat model) group (item 9: every group is
+    reported, each on its own)."""
     disc = discover_models(sweep, tracking_uri=tracking_uri)
     refs = list(disc.models)
     if not refs:
         raise UserError(f"sweep {sweep!r} has no finished models to analyse\n{disc.describe()}")
-    groups = sorted({(m.dataset, m.threat_model) for m in refs})
-    if len(groups) > 1:
-        log.warning("sweep has %d (dataset, threat model) groups; reporting on %s", len(groups),
-                    groups[0])
-    return disc, [m for m in refs if (m.dataset, m.threat_model) == groups[0]]
+    groups: dict[tuple[str, str], list[ModelRef]] = {}
+    for m in sorted(refs, key=lambda r: (r.dataset, r.threat_model)):
+        groups.setdefault((m.dataset, m.threat_model), []).append(m)
+    return disc, groups
 
 
 @dataclass(frozen=True)
@@ -245,11 +273,14 @@ def _header(sweep: str, disc: Discovery, failures: Mapping[str, str], refs: Sequ
         "eval_inputs": int(base.y.size), "eval_hash": base.hash[:16],
         "probe_train_inputs": int(next(iter(train.values()))["labels"].size) if train else 0,
         "epsilons": eps_values, "seeds": sorted({m.seed for m in refs}),
-        "pair_values_available_from_analysis_table": len(study.known),
         "skipped_runs": [f"{s.label}: {s.reason}" for s in disc.skipped]
         + [f"{k}: {v}" for k, v in failures.items()],
-        "settings": {"n_bootstrap": cfg.n_bootstrap, "n_permutations": cfg.n_permutations,
-                     "seed": cfg.seed, "inversion_iterations": inputs.iterations,
+        "settings": {"interval": f"{100 * cfg.level:.0f}% leave-one-architecture-out jackknife, "
+                                 "t on A - 1 df (SPEC §10)",
+                     "n_permutations": cfg.n_permutations, "seed": cfg.seed,
+                     "subgroup_measures (target 6)": ", ".join(map(str, cfg.subgroup_measures)),
+                     "rtd_setting (target 6)": _rtd_setting(cfg),
+                     "inversion_iterations": inputs.iterations,
                      "inversion_targets_per_model": int(target_idx.size),
                      "probe_epochs": cfg.probes.epochs, "probe_batch": cfg.probes.batch_size,
                      "probes_per_model": cfg.probes.num_probes,
@@ -261,6 +292,18 @@ def _header(sweep: str, disc: Discovery, failures: Mapping[str, str], refs: Sequ
                     f"robust_acc_at_{eps_values[-1]:g}": study.robust_acc.get(m.label)}
                    for m in refs],
     }
+
+
+def _rtd_setting(cfg: ReproConfig) -> str:
+    """Which RTD setting target 6 used, beside the paper's (RTD's default)."""
+    rtd = next((s for s in cfg.subgroup_measures if s.name == "rtd"), None)
+    if rtd is None:
+        return "not used"
+    p = get_measure("rtd").resolve_params(rtd.kwargs)
+    paper = p["n_subsamples"] == 10 and p["subsample_size"] == 500
+    return (f"{p['n_subsamples']} subsamples x {p['subsample_size']} points, seed {p['seed']}"
+            + (" (the paper's)" if paper else " (the paper: 10 x 500; cheaper because the "
+               "permutation test recomputes RTD on every permutation)"))
 
 
 def _rel_loss(f: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The reproduction's data and settings: ``ReproConfig`` (what runs, how the statistics are
 drawn), ``ModelInfo`` / ``StudyData`` (the sweep's arrays, no models, no MLflow), the verdict
-record ``TargetResult`` and the names of the eight targets (SPEC §8).
+record ``TargetResult`` and the names of the eight targets (SPEC §8). The verdict words are
+``analysis.reproduction.stats``'s (SPEC §10).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from analysis.engine.spec import MeasureSpec
+from analysis.reproduction.predictions import SIMILARITY_MEASURES, SUBGROUP_MEASURES
 from analysis.reproduction.probes import ProbeConfig, ProbeResult
+from analysis.reproduction.stats import FAILS, HOLDS, INCONCLUSIVE, LEVEL, PARTIAL, UNTESTABLE
 from trainables.errors import ConfigError
 
 __all__ = ["ReproConfig", "ModelInfo", "StudyData", "TargetResult", "HOLDS", "FAILS",
-           "UNTESTABLE", "TITLES", "REP_MEASURES", "INVERSION_NOT_DISCRIMINATIVE"]
-
-HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "cannot be tested on this data"
+           "INCONCLUSIVE", "UNTESTABLE", "PARTIAL", "TITLES", "REP_MEASURES",
+           "INVERSION_NOT_DISCRIMINATIVE"]
 
 # SPEC §9: inversion does not discriminate on these datasets; its results are never evidence.
 INVERSION_NOT_DISCRIMINATIVE = {
@@ -39,21 +41,24 @@ TITLES = {
     8: "Sensitivity: the orderings of targets 3 and 4 do not flip",
 }
 
-REP_MEASURES = (MeasureSpec("linear_cka"), MeasureSpec("procrustes_sim"),
-                MeasureSpec("knn_jaccard", {"k": 10}))
+#: The representational measures the targets compute on clean and inverted inputs (the values
+#: ``pairs.parquet`` may already hold for them are reused).
+REP_MEASURES: tuple[MeasureSpec, ...] = SIMILARITY_MEASURES
 
 
 @dataclass(frozen=True)
 class ReproConfig:
     """What the reproduction runs and how its statistics are drawn.
 
+    The predictions (directions, margins, primary measures) are not settings: they are declared
+    in ``analysis.reproduction.predictions`` before any data is seen.
+
     Attributes:
-        seed: seeds bootstraps, permutations and attacks.
-        n_bootstrap: bootstrap draws per interval.
-        n_permutations: membership permutations per subgroup measure and pair.
-        subgroup_measures: measures on the agree/disagree subsets (target 6).
-        subgroup_close: largest size-adjusted mean drop (agree - disagree, similarity units) that
-            still counts as "close" for target 6.
+        seed: seeds permutations and attacks.
+        level: interval level of every estimate (0.95).
+        n_permutations: membership permutations per subgroup measure and pair (target 6).
+        subgroup_measures: measures on the agree/disagree subsets (target 6); the report names
+            the RTD setting used.
         k_values: k-NN Jaccard k for the sensitivity check (k >= N - 1 is skipped and said so).
         inversion_iterations: iterations of the main inversion (SPEC: 1,000).
         inversion_iterations_alt: the sensitivity run (SPEC: 2,000); None skips it.
@@ -68,10 +73,9 @@ class ReproConfig:
     """
 
     seed: int = 0
-    n_bootstrap: int = 1000
+    level: float = LEVEL
     n_permutations: int = 100
-    subgroup_measures: tuple[MeasureSpec, ...] = REP_MEASURES
-    subgroup_close: float = 0.1
+    subgroup_measures: tuple[MeasureSpec, ...] = SUBGROUP_MEASURES
     k_values: tuple[int, ...] = (10, 100, 500)
     inversion_iterations: int = 1000
     inversion_iterations_alt: int | None = 2000
@@ -83,8 +87,8 @@ class ReproConfig:
     attack_restarts: int = 1
 
     def __post_init__(self) -> None:
-        if self.n_bootstrap < 100:
-            raise ConfigError(f"n_bootstrap must be >= 100, got {self.n_bootstrap!r}")
+        if not 0.5 <= self.level < 1:
+            raise ConfigError(f"level must be in [0.5, 1), got {self.level!r}")
         if self.n_permutations < 0:
             raise ConfigError(f"n_permutations must be >= 0, got {self.n_permutations!r}")
         for name in ("inversion_check_targets", "inversion_check_iterations"):
@@ -127,6 +131,9 @@ class StudyData:
         known: pair values computed before, ``(where, spec_key(...), id_a, id_b) -> value`` with
             ``where`` in {"clean", "inverted", "inverted_alt"}; matrices take an entry from here
             instead of recomputing it (a symmetric measure on clean inputs in either order).
+        computed: the pair values the targets computed, keyed like ``known`` (a value, or the
+            one-line reason it could not be computed), so the sensitivity variants of target 8
+            reuse the main targets' values.
     """
 
     dataset: str
@@ -139,14 +146,37 @@ class StudyData:
     inversion_summary: dict[str, dict[str, float]] = field(default_factory=dict)
     probes: dict[str, ProbeResult] = field(default_factory=dict)
     known: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    computed: dict[tuple[str, str, str, str], float | str] = field(default_factory=dict,
+                                                                   repr=False)
 
 
 @dataclass
 class TargetResult:
-    """One SPEC §8 target: verdict, why, and the figures behind it."""
+    """One SPEC §8 target: verdict, why, what was predicted, the number it rests on, and the
+    figures behind it (``reproduction.json`` carries every field).
+
+    Attributes:
+        number, title: the target.
+        status: holds / does not hold / inconclusive / cannot be tested on this data /
+            partially tested (target 8).
+        reason: one or two sentences.
+        prediction: the declared prediction (``Declared.to_dict()``).
+        key: the one number the verdict rests on: ``{"measure", "kind", **Estimate.to_dict()}``
+            (None where nothing could be estimated).
+        measures: every measure and pair kind with its own verdict:
+            ``{"measure", "kind", "status", "estimate"}``.
+        variants: target 8's sensitivity variants with their verdicts and flips.
+        trend: target 4's agreement at every eps: ``{"eps", "measure", "kind", "estimate"}``.
+        figures: free-form details.
+    """
 
     number: int
     title: str
     status: str
     reason: str
-    figures: dict[str, Any]
+    prediction: dict[str, Any] | None = None
+    key: dict[str, Any] | None = None
+    measures: list[dict[str, Any]] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    trend: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)

@@ -12,8 +12,10 @@ recomputed, and the p-value is two-sided with the +1 correction. Keeping the siz
 several measures depend on N (k-NN Jaccard with a fixed k is higher on small sets), so the null
 distribution need not be centred at zero.
 
-A subset too small for a measure (e.g. fewer than k + 2 rows for k-NN) is recorded with
-``status="too_small"`` and a reason; a measure that raises is recorded with ``status="error"``.
+A subset below the smallest N at which a measure means something (its declared
+``meaningful_n``, SPEC §10: e.g. max(50, 2k) rows for k-NN) is recorded with
+``status="too_small"`` and a reason, never computed; a measure that raises is recorded with
+``status="error"``.
 Neither ever becomes a silent NaN.
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.engine.spec import MeasureSpec
-from analysis.measures import MEASURES, compare
+from analysis.measures import compare, get_measure
 from trainables.errors import ConfigError, DataError
 
 __all__ = ["SubgroupResult", "split_agree", "min_samples", "subgroup_similarity", "results_frame"]
@@ -87,19 +89,21 @@ def split_agree(preds_a: np.ndarray, preds_b: np.ndarray) -> tuple[np.ndarray, n
     return np.flatnonzero(same).astype(np.int64), np.flatnonzero(~same).astype(np.int64)
 
 
-def min_samples(spec: MeasureSpec) -> int:
-    """Fewest rows a subset needs for ``spec`` to be defined.
+def _need(spec: MeasureSpec, dims: Sequence[int]) -> tuple[int, str]:
+    m = get_measure(spec.name)
+    need, rule = m.meaningful_n(m.resolve_params(spec.kwargs), dims)
+    return max(4, m.min_n, need), rule
 
-    The largest of 4 (after centring, 2 rows span one direction and every linear measure says 1;
-    debiased HSIC divides by N - 3), the registry's declared ``min_n`` and, for k-NN measures,
-    k + 2 (k neighbours besides the point itself, plus one more so the neighbour sets are not the
-    whole subset).
+
+def min_samples(spec: MeasureSpec, dims: Sequence[int] = ()) -> int:
+    """Fewest rows a subset needs for ``spec`` to mean something (SPEC §10).
+
+    The measure's declared ``meaningful_n`` for these feature widths (k-NN: max(50, 2k);
+    SVCCA/PWCCA: > Da + Db; biased CKA: > D; the rest: the common floor), and at least 4 (after
+    centring, 2 rows span one direction and every linear measure says 1; debiased HSIC divides
+    by N - 3).
     """
-    declared = int(getattr(MEASURES.get(spec.name), "min_n", 4))
-    k = spec.kwargs.get("k")
-    if isinstance(k, int | float) and not isinstance(k, bool) and k >= 1:
-        return max(4, declared, int(k) + 2)
-    return max(4, declared)
+    return _need(spec, dims)[0]
 
 
 def _compare(spec: MeasureSpec, a: np.ndarray, b: np.ndarray) -> float:
@@ -149,13 +153,13 @@ def subgroup_similarity(
     for i, spec in enumerate(measures):
         base = dict(measure=spec.name, params=spec.kwargs, n_agree=n_ag, n_disagree=n_dis,
                     n_permutations=0)
-        need = min_samples(spec)
+        need, rule = _need(spec, (xa.shape[1], xb.shape[1]))
         if min(n_ag, n_dis) < need:
-            which = "agree" if n_ag < need else "disagree"
+            which, rows = ("agree", n_ag) if n_ag < n_dis else ("disagree", n_dis)
             out.append(SubgroupResult(
                 **base, agree=np.nan, disagree=np.nan, diff=np.nan, p_value=np.nan,
                 status="too_small",
-                reason=f"{which} subset has {min(n_ag, n_dis)} rows; {spec.label} needs >= {need}",
+                reason=f"{which} subset has {rows} rows; {spec.label} needs >= {need} ({rule})",
             ))
             continue
         try:
