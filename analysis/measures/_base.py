@@ -1,4 +1,4 @@
-"""Measure registry, calling contract and input validation.
+"""Measure registry and calling contract (the input checks are `_inputs`).
 
 Every similarity / agreement measure is one `Measure` instance in `MEASURES`, keyed by a stable
 string name (it ends up in result tables). A measure compares two inputs over the same N samples
@@ -16,16 +16,23 @@ torch backend's states hold tensors on that device, and compare / block run ther
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from trainables.errors import UserError
-
 from ._backend import is_torch_state, resolve_backend, torch_ops
+from ._inputs import (  # noqa: F401 (Param and its constructors: the measures import them from here)
+    LABELS,
+    MeasureInputError,
+    Param,
+    check_input,
+    check_labels,
+    choice,
+    positive_int,
+    real,
+    to_numpy,
+)
 
 Kind = Literal["representational", "functional"]
 InputKind = Literal["features", "labels", "probs"]
@@ -43,68 +50,6 @@ INVARIANCES = frozenset(
         "class_relabel",  # both inputs: class c -> perm[c]
     }
 )
-
-# Probability rows must sum to 1 within this tolerance (float32 softmax over 1000 classes is ~1e-6).
-PROB_SUM_TOL = 1e-3
-
-
-class MeasureInputError(UserError):
-    """Bad input to a measure: wrong shape, dtype, non-finite values, unknown or invalid params."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One declared measure parameter.
-
-    Attributes:
-        default: value used when the caller omits it (None for `labels`, which is then required
-            when `required` is True).
-        allowed: human-readable description of allowed values, used in error messages.
-        check: predicate on a value; False -> MeasureInputError.
-        required: the caller must pass it (only `labels`).
-    """
-
-    default: Any
-    allowed: str
-    check: Callable[[Any], bool]
-    required: bool = False
-
-
-def choice(default: str, *options: str) -> Param:
-    """A closed-set string parameter."""
-    return Param(default, f"one of {list(options)}", lambda v: v in options)
-
-
-def positive_int(default: int) -> Param:
-    return Param(default, "an int >= 1", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1)
-
-
-def real(default: float, *, lo: float, lo_open: bool = False, hi: float = math.inf) -> Param:
-    op = ">" if lo_open else ">="
-
-    def ok(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-            return False
-        v = float(v)
-        return math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
-
-    return Param(default, f"a finite number {op} {lo}" + (f" and <= {hi}" if hi < math.inf else ""), ok)
-
-
-LABELS = Param(None, "a 1-D integer array of ground-truth labels, one per sample", lambda v: True, required=True)
-
-
-def _to_numpy(A: Any) -> np.ndarray:
-    if hasattr(A, "detach"):  # torch.Tensor, without importing torch
-        A = A.detach().cpu().numpy()
-    return np.asarray(A)
-
-
-def _check_finite(X: np.ndarray, what: str) -> None:
-    if not np.isfinite(X).all():
-        bad = int(X.size - np.count_nonzero(np.isfinite(X)))
-        raise MeasureInputError(f"{what} contains {bad} NaN/inf values; measures need finite inputs")
-
 
 class Measure:
     """A registered measure: metadata plus prepare / compare_states / pairwise_block.
@@ -192,7 +137,7 @@ class Measure:
             if key == "labels":
                 if value is None:
                     raise MeasureInputError(f"measure {self.name!r} needs labels=: {spec.allowed}")
-                value = self._validate_labels_param(value, n)
+                value = check_labels(self.name, value, n)
             elif not spec.check(value):
                 raise MeasureInputError(f"measure {self.name!r}: {key}={value!r} is invalid; allowed: {spec.allowed}")
             out[key] = value
@@ -202,56 +147,9 @@ class Measure:
     def _check_params(self, p: dict[str, Any], n: int | None) -> None:
         """Cross-parameter checks that need N (e.g. k < N); subclasses override."""
 
-    def _validate_labels_param(self, y: Any, n: int | None) -> np.ndarray:
-        y = _to_numpy(y)
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise MeasureInputError(
-                f"measure {self.name!r}: labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}"
-            )
-        if n is not None and y.shape[0] != n:
-            raise MeasureInputError(f"measure {self.name!r}: labels has {y.shape[0]} entries but the inputs have N={n}")
-        if y.size and y.min() < 0:
-            raise MeasureInputError(f"measure {self.name!r}: labels must be >= 0, got min {int(y.min())}")
-        return y
-
     def validate(self, A: Any, what: str = "A") -> np.ndarray:
         """Check one input against the declared input kind; returns it as a numpy array (no copy)."""
-        A = _to_numpy(A)
-        if self.input == "features":
-            if A.ndim != 2:
-                raise MeasureInputError(f"{self.name}: {what} must be 2-D features (N, D), got shape {A.shape}")
-            if not np.issubdtype(A.dtype, np.floating):
-                raise MeasureInputError(f"{self.name}: {what} must be a float array (N, D), got dtype {A.dtype}")
-            if A.shape[1] < 1:
-                raise MeasureInputError(f"{self.name}: {what} has no feature columns, shape {A.shape}")
-            _check_finite(A, f"{self.name}: {what}")
-        elif self.input == "labels":
-            if A.ndim != 1 or not np.issubdtype(A.dtype, np.integer):
-                raise MeasureInputError(
-                    f"{self.name}: {what} must be 1-D integer predicted labels (N,), got shape {A.shape} dtype "
-                    f"{A.dtype} (take argmax of probabilities first)"
-                )
-            if A.size and A.min() < 0:
-                raise MeasureInputError(f"{self.name}: {what} labels must be >= 0, got min {int(A.min())}")
-        elif self.input == "probs":
-            if A.ndim != 2 or not np.issubdtype(A.dtype, np.floating):
-                raise MeasureInputError(
-                    f"{self.name}: {what} must be a 2-D float array of probabilities (N, C), got shape {A.shape} "
-                    f"dtype {A.dtype}"
-                )
-            _check_finite(A, f"{self.name}: {what}")
-            row_sums = A.sum(axis=1, dtype=np.float64)
-            if A.size and (A.min() < 0 or np.abs(row_sums - 1.0).max() > PROB_SUM_TOL):
-                raise MeasureInputError(
-                    f"{self.name}: {what} rows must be probabilities (>= 0, summing to 1 within {PROB_SUM_TOL}); "
-                    f"got min {float(A.min()):.3g}, row sums in [{row_sums.min():.4g}, {row_sums.max():.4g}] "
-                    "-- pass softmax(logits), not logits"
-                )
-        else:  # pragma: no cover - closed set, guarded at registration
-            raise AssertionError(f"unknown input kind {self.input!r}")
-        if A.shape[0] < self.min_n:
-            raise MeasureInputError(f"{self.name}: {what} has N={A.shape[0]} samples; needs at least {self.min_n}")
-        return A
+        return check_input(self.name, self.input, self.min_n, A, what)
 
     def meaningful_n(self, p: Mapping[str, Any], dims: Sequence[int] = ()) -> tuple[int, str]:
         """The smallest N at which the measure's value means something, and the rule behind it.
@@ -477,12 +375,12 @@ def pairwise(name: str, items: Sequence[Any], *, backend: str = "numpy", device:
     """
     measure = get_measure(name)
     items = list(items)
-    ns = sorted({int(_to_numpy(x).shape[0]) if _to_numpy(x).ndim else -1 for x in items})
+    ns = sorted({int(to_numpy(x).shape[0]) if to_numpy(x).ndim else -1 for x in items})
     if len(ns) > 1:
         raise MeasureInputError(f"{name}: items have different numbers of samples N: {ns}; rows must align")
     states = [measure.prepare(x, backend=backend, device=device, **params) for x in items]
     if states and not allow_small_n:
-        dims = sorted(_to_numpy(x).shape[1] for x in items)[-2:] if measure.input == "features" else ()
+        dims = sorted(to_numpy(x).shape[1] for x in items)[-2:] if measure.input == "features" else ()
         measure.check_small_n(states[0]["n"], measure.resolve_params(params, states[0]["n"]), dims)
     return measure.pairwise_states(states, **params)
 

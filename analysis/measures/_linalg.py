@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import torch_ops
-from ._base import MeasureInputError
+from ._inputs import MeasureInputError
 from ._blocks import CROSS_BYTES, upper_slabs
 
 #: Working-memory budget (bytes) for one chunk of an N x N computation or one stacked Gram block.
