@@ -34,7 +34,7 @@ BACKENDS = ("numpy", "torch", "auto")
 CPU_FASTER: Mapping[str, str] = {
     "linear_cka": "torch",
     "linear_cka_debiased": "torch",
-    "rbf_cka": "torch",
+    "rbf_cka": "numpy",  # 1.2x (3 rounds, load 3) and 1.8x (1 round, load 22) faster, 2026-12-01
     "procrustes_sim": "torch",
     "procrustes_angular": "torch",
     "knn_jaccard": "torch",
