@@ -31,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
                           "which runs on the inverted set only)")
     run.add_argument("--actors", type=int, default=2,
                      help="Ray actors for the pair engine (0 = serial, no Ray); default 2")
+    run.add_argument("--backend", default="numpy", choices=("numpy", "torch", "auto"),
+                     help="array library of the measures: numpy (float64 reference), torch "
+                          "(float32, CPU or GPU), auto (per measure, the faster); measures "
+                          "without a torch implementation run on numpy; default numpy")
+    run.add_argument("--device", default=None,
+                     help="cpu, cuda (cuda:N with --actors 0); default cpu, or cuda with "
+                          "--gpus-per-actor")
+    run.add_argument("--gpus-per-actor", type=float, default=0.0,
+                     help="GPUs each Ray actor reserves, fractions allowed (0.25: four actors "
+                          "per GPU); needs --backend torch or auto; default 0")
     run.add_argument("--input-sets", default="clean",
                      help="comma separated: clean, adv (per model), adv_shared, inverted (per "
                           "model), train_split; options as name:key=value[:key=value], e.g. "
@@ -81,7 +91,8 @@ def _run(args) -> None:
                        input_sets=[s.strip() for s in args.input_sets.split(",") if s.strip()],
                        data_root=args.data_root, eval_size=args.eval_size,
                        data_seed=args.data_seed, retry_errors=args.retry_errors,
-                       progress=progress, epochs=epochs)
+                       progress=progress, epochs=epochs, backend=args.backend,
+                       device=args.device, gpus_per_actor=args.gpus_per_actor)
     print(f"analysed {len(res.models)} models of sweep {res.sweep!r}: {res.new_rows} new pair "
           f"results ({res.total_rows} stored, {res.error_rows} errors) in {res.wall_s:.1f} s")
     if args.actors > 0:  # what the Ray engine survived (the fault tests read this line)

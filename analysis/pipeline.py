@@ -113,7 +113,8 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
                  data_root: str | None = None, eval_size: int | None = None,
                  data_seed: int | None = None, retry_errors: bool = False,
                  log_mlflow: bool = True, progress: Progress | None = None,
-                 epochs: Epochs | None = None) -> AnalysisResult:
+                 epochs: Epochs | None = None, backend: str = "numpy",
+                 device: str | None = None, gpus_per_actor: float = 0.0) -> AnalysisResult:
     """Compute every missing (pair, input set, measure) of a sweep into ``pairs.parquet``.
 
     Args:
@@ -133,6 +134,11 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
             ``"all"`` logged ones, `analysis.inputs.at_epochs`), each (trial, epoch) one item,
             compared with the models of its epoch. ``models.parquet`` accumulates every item
             analysed (columns ``epoch``, ``final``).
+        backend, device: the measures' array library (``numpy``, ``torch``, ``auto``) and device
+            (``cpu``, ``cuda``; ``cuda:N`` for the serial engine), see
+            ``analysis.measures._backend``; measures without a torch implementation run on numpy.
+        gpus_per_actor: GPUs each Ray actor reserves (fractions allowed; needs ``actors`` >= 1
+            and the torch or auto backend).
 
     Raises:
         UserError: unknown sweep, no usable model, bad measure/input set/actors.
@@ -142,6 +148,7 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
     if isinstance(actors, bool) or not isinstance(actors, int) or actors < 0:
         raise ConfigError(f"actors must be an integer >= 0 (0 = serial), got actors={actors!r}")
     specs = _specs(measures)
+    engine = make_engine(actors, backend=backend, device=device, gpus_per_actor=gpus_per_actor)
     isets = [parse_input_set(text) for text in input_sets]
     uri = tr.resolve_tracking_uri(tracking_uri, home)
     disc: Discovery = discover_models(sweep, tracking_uri=uri)
@@ -167,7 +174,7 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         label = {m.run_id: m.label for m in disc.models}
         skipped.update({k: f"{label.get(k, k)}: {v}" for k, v in failures.items()})
         new_rows, stats = _compute(blocks, specs, store, actors=actors,
-                                   retry_errors=retry_errors, progress=progress,
+                                   retry_errors=retry_errors, progress=progress, engine=engine,
                                    extras=inputs_extras(blocks, isets, bases, disc.models))
     finally:
         if started:
@@ -184,7 +191,9 @@ def run_analysis(sweep: str, *, tracking_uri: str | None = None,
         error_rows=int((table["status"] == "error").sum()), wall_s=time.perf_counter() - t_start,
         analysis_run_id=None, stats=stats)
     if log_mlflow:
-        run_id = _log_analysis(uri, disc, result, specs, input_sets, actors)
+        run_id = _log_analysis(uri, disc, result, specs, input_sets, actors,
+                               engine={"backend": backend, "device": device or "cpu",
+                                       "gpus_per_actor": gpus_per_actor})
         result = AnalysisResult(**{**result.__dict__, "analysis_run_id": run_id})
     return result
 
@@ -286,16 +295,17 @@ def inputs_extras(blocks: Sequence[Block], isets: Sequence[InputSet],
 def _compute(blocks: Sequence[Block], specs: Sequence[MeasureSpec], store: ResultStore, *,
              actors: int, retry_errors: bool, progress: Progress | None,
              extras: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-             flush_s: float = 10.0) -> tuple[int, dict[str, Any]]:
-    """Plan the pairs the store lacks and run the engine on them, appending rows to the store
-    every ``flush_s`` seconds and at the end; returns (rows written, engine stats)."""
+             flush_s: float = 10.0, engine: Any = None) -> tuple[int, dict[str, Any]]:
+    """Plan the pairs the store lacks and run the engine on them (``engine``, else a default
+    one for ``actors``), appending rows to the store every ``flush_s`` seconds and at the end;
+    returns (rows written, engine stats)."""
     stored = store.load()
     if retry_errors:
         stored = stored[stored["status"] == "ok"]
     done = set(zip(*(stored[k].astype(str) for k in KEY), strict=True))
     plan = plan_pairs(blocks, specs, done=done)
     items = {item_id(r, b.inputs_key): p for b in blocks for r, p in b.artifacts.items()}
-    engine = make_engine(actors)
+    engine = engine or make_engine(actors)
     buffer: list[dict] = []
     written = [0, time.monotonic()]
 
@@ -363,11 +373,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _log_analysis(uri: str, disc: Discovery, result: AnalysisResult, specs, input_sets,
-                  actors: int) -> str:
+                  actors: int, engine: Mapping[str, Any] | None = None) -> str:
     client = tr.make_client(uri)
     run_id = _analysis_run(client, disc.sweep, disc.experiment_id)
     params = {"measures": ",".join(str(s) for s in specs), "input_sets": ",".join(input_sets),
-              "actors": str(actors)}
+              "actors": str(actors), **{k: str(v) for k, v in (engine or {}).items()}}
     from mlflow.entities import Metric, Param  # mlflow only when logging (log_mlflow=True)
 
     now = int(time.time() * 1000)

@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-MODULES = ("bench_measures", "bench_training", "bench_pairwise", "bench_sweep")
+MODULES = ("bench_measures", "bench_training", "bench_pairwise", "bench_sweep", "bench_backends", "bench_zoo")
 
 
 def _fmt(x: object, digits: int = 4) -> str:

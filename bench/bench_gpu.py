@@ -1,20 +1,23 @@
-"""(g) GPU figures: adversarial-training throughput and all-pairs measures, GPU vs CPU.
+"""(g) GPU figures, timing the project's own code: adversarial training and all-pairs measures.
 
-Device-only (not in ``bench.__main__.MODULES``; CI never runs it). Needs torch + numpy and the
-repo's ``trainables`` / ``analysis.measures`` modules only (no Ray, no MLflow)::
+Device-only (not in ``bench.__main__.MODULES``; CI never runs it). Needs torch, numpy, scipy,
+scikit-learn and this repository (no Ray, no MLflow, no ripser: RTD is left out)::
 
-    PYTHONPATH=. python3 -m bench.bench_gpu --out results_gpu.json
+    PYTHONPATH=. python3 -m bench.bench_gpu --out results_gpu.json      # ~5 min on an H100
+    PYTHONPATH=. python3 -m bench.bench_gpu --device cpu --quick        # smoke test, no GPU
 
-1. PGD-7 adversarial training (Linf 8/255, SGD) of CIFAR-style ResNet-18 (width 1) at batch
-   512 on 32x32x3 inputs: images/s in fp32 (PyTorch defaults: cuDNN convolutions may use TF32)
-   and with bf16 autocast + channels_last, plus each change alone and the standard step.
-2. All-pairs linear CKA and kNN Jaccard. The library (``analysis.measures``) is numpy-only and
-   runs on the CPU; the GPU rows use a torch transcription of the same algorithms written here
-   (linear CKA: one float64 or float32 GEMM of the stacked centred features, block Frobenius
-   sums; kNN: per-model cosine top-k with the self-neighbour masked, pairs compared by sorting
-   the concatenated index rows) and are checked against the library's values.
+1. Training, with the project's compute rules (``trainables.precision``): one PGD-7 adversarial
+   training step (Linf 8/255, ``trainables.attacks.pgd`` + SGD) of CIFAR-style ResNet-18 at batch
+   512 on 32x32x3 inputs, images/s in fp32, bf16 autocast, channels_last, both (what
+   ``precision: auto`` + ``memory_format: auto`` give on CUDA) and both + ``torch.compile``; then
+   ``trainables.train.train_model`` itself for 2 epochs on digits (resnet18), fp32 vs auto.
+2. Measures: the library's ``pairwise(name, feats, backend="torch", device="cuda")`` against
+   the numpy backend on the host CPU, each torch-backed measure but RTD, values compared; the
+   float32 CKA block against one float32 GEMM of the stacked centred features on the GPU; and
+   the per-model (prepare) and per-pair (compare_states, the Ray actors' path) costs at the
+   model-zoo size (N = 2,000, D = 256) that docs/PERFORMANCE.md scales to M = 1,000 models.
 
-Timing: CUDA events / synchronise, warm-up first, median of repeats.
+Timing: synchronised wall clock, warm-up first, median of repeats.
 """
 
 from __future__ import annotations
@@ -32,190 +35,197 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.measures import pairwise
+from analysis.measures import get_measure, pairwise
 from trainables.attacks import pgd
+from trainables.config import TrainConfig
 from trainables.models import build_model
+from trainables.precision import autocast, prepare_model, to_format
+from trainables.train import train_model
 
 K, EPS = 7, 8 / 255
-DEV = torch.device("cuda")  # `--device cpu` only checks the torch transcriptions' values
+KNN = {"k": 10}
 
 
-def _sync() -> None:
-    if DEV.type == "cuda":
-        torch.cuda.synchronize()
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
-def _sync_time(fn: Callable[[], object], *, repeat: int, warmup: int = 2) -> float:
+def timed(fn: Callable[[], object], dev: torch.device, *, repeat: int, warmup: int = 1) -> float:
     """Median wall seconds of fn() with the device synchronised around each call."""
     for _ in range(warmup):
         fn()
-    _sync()
+    _sync(dev)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        _sync()
+        _sync(dev)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-# ------------------------------------------------------------------ 1. adversarial training
-def training_rows(batch: int = 512, repeat: int = 10) -> list[dict]:
-    dev = DEV
+# ------------------------------------------------------------------ 1. training
+VARIANTS = (("fp32", "fp32", "contiguous", "none"), ("bf16 autocast", "bf16", "contiguous", "none"),
+            ("fp32 channels_last", "fp32", "channels_last", "none"),
+            ("bf16 + channels_last (auto on CUDA)", "bf16", "channels_last", "none"),
+            ("bf16 + channels_last + compile", "bf16", "channels_last", "default"))
+
+
+def training_rows(dev: torch.device, *, batch: int, repeat: int, width: float) -> list[dict]:
     gen = torch.Generator(device=dev).manual_seed(0)
     x0 = torch.rand(batch, 3, 32, 32, device=dev, generator=gen)
     y = torch.randint(0, 10, (batch,), device=dev, generator=gen)
     rows = []
-    for name, bf16, cl in (("fp32", False, False), ("bf16 autocast", True, False),
-                           ("fp32 channels_last", False, True),
-                           ("bf16 autocast + channels_last", True, True)):
+    for label, precision, fmt, mode in VARIANTS:
         torch.manual_seed(0)
-        model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32).to(dev)
-        x = x0
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-            x = x0.contiguous(memory_format=torch.channels_last)
+        model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32,
+                            width=width).to(dev)
+        forward = prepare_model(model, memory_format=fmt, compile_mode=mode)
+        x = to_format(x0, fmt)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else \
-            (lambda: torch.autocast("cuda", enabled=False))
 
-        def std_step(xb: torch.Tensor) -> None:
+        def step(adv: bool) -> None:  # as trainables.train._train_epoch does it
             model.train()
-            with cast():
-                loss = F.cross_entropy(model(xb), y)
+            with autocast(precision, dev):
+                xb = pgd(forward, x, y, norm="linf", eps=EPS, step_size=2.5 * EPS / K, steps=K,
+                         random_start=True, generator=gen) if adv else x
+                loss = F.cross_entropy(forward(xb), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        def adv_step() -> None:
-            with cast():
-                xa = pgd(model, x, y, norm="linf", eps=EPS, step_size=2.5 * EPS / K, steps=K,
-                         random_start=True, generator=gen)
-            std_step(xa)
-
-        t_adv = _sync_time(adv_step, repeat=repeat)
-        t_std = _sync_time(lambda: std_step(x), repeat=repeat * 2)
-        rows.append({"what": f"ResNet-18 PGD-{K} adversarial training, batch {batch}, {name}",
-                     "step_s": t_adv, "images_per_s": batch / t_adv,
-                     "standard_step_s": t_std, "standard_images_per_s": batch / t_std})
-        del model, opt
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    base = rows[0]["images_per_s"]
+        t_adv = timed(lambda: step(True), dev, repeat=repeat, warmup=2)
+        t_std = timed(lambda: step(False), dev, repeat=2 * repeat, warmup=2)
+        rows.append({"what": f"ResNet-18 w{width:g} PGD-{K} training step, batch {batch}, {label}",
+                     "step_s": t_adv, "images_per_s": batch / t_adv, "standard_step_s": t_std,
+                     "standard_images_per_s": batch / t_std})
+        del model, opt, forward
     for r in rows:
-        r["speedup_vs_fp32"] = r["images_per_s"] / base
+        r["speedup_vs_fp32"] = r["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def train_model_rows(dev: torch.device, *, epochs: int) -> list[dict]:
+    """``train_model`` end to end on digits (1,347 training images) with PGD-7, per precision."""
+    rows = []
+    for precision in ("fp32", "auto"):
+        cfg = TrainConfig(dataset="digits", arch="resnet18", width=1.0, eps=0.1, epochs=epochs,
+                          batch_size=256, device=str(dev.type), precision=precision,
+                          eval_attack_steps=2, final_eval_steps=2, final_eval_restarts=1)
+        res = train_model(cfg)
+        epoch_s = statistics.median(h["time/epoch_s"] for h in res.history[1:] or res.history)
+        rows.append({"what": f"train_model digits resnet18 PGD-7, precision {precision} -> "
+                             f"{res.meta['precision']}, {res.meta['memory_format']}",
+                     "epoch_s": epoch_s, "images_per_s": 1347 / epoch_s,
+                     "final_clean_acc": res.metrics.get("final/clean_acc")})
     return rows
 
 
 # ------------------------------------------------------------------ 2. measures
-def _feats(m: int, n: int, d: int, seed: int, noise: float = 1.0) -> list[np.ndarray]:
+def features(m: int, n: int, d: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    base = rng.normal(size=(n, d)).astype(np.float32)
-    return [base @ rng.normal(size=(d, d)).astype(np.float32) / np.sqrt(d)
-            + noise * rng.normal(size=(n, d)).astype(np.float32) for _ in range(m)]
+    latent = rng.normal(size=(n, 64))
+    return [(np.tanh(latent @ rng.normal(size=(64, d)) / 4) + 0.3 * rng.normal(size=(n, d)))
+            .astype(np.float32) for _ in range(m)]
 
 
-def cka_torch(feats: list[np.ndarray], dtype: torch.dtype) -> np.ndarray:
-    """All-pairs biased linear CKA: one GEMM of the stacked centred features (upper half used)."""
-    H = torch.cat([torch.from_numpy(f).to(DEV) for f in feats], 1).to(dtype)  # (N, M D)
-    H -= H.mean(0, keepdim=True)
-    G = H.T @ H  # (M D, M D)
-    m, d = len(feats), feats[0].shape[1]
-    inner = (G.view(m, d, m, d).double() ** 2).sum((1, 3))  # (M, M) ||X_i^T X_j||_F^2
-    diag = inner.diagonal()
-    return (inner / torch.sqrt(diag[:, None] * diag[None, :])).cpu().numpy()
-
-
-def knn_torch(feats: list[np.ndarray], k: int) -> np.ndarray:
-    """All-pairs kNN Jaccard (cosine, centred, self excluded) on the GPU, float32 ranking."""
-    idx = []
-    for f in feats:
-        X = torch.from_numpy(f).to(DEV)
-        X = X - X.mean(0, keepdim=True)
-        X = X / X.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        S = X @ X.T  # (N, N) float32
-        S.fill_diagonal_(-float("inf"))
-        idx.append(S.topk(k, dim=1).indices)  # (N, k)
-    m, n = len(feats), feats[0].shape[0]
-    out = np.eye(m)
-    for i in range(m):
-        for j in range(i + 1, m):
-            both = torch.cat([idx[i], idx[j]], 1).sort(dim=1).values  # (N, 2k)
-            inter = (both[:, 1:] == both[:, :-1]).sum(1).double()  # shared neighbours per row
-            out[i, j] = out[j, i] = float((inter / (2 * k - inter)).mean())
-    return out
-
-
-def measure_rows(small: bool = False) -> list[dict]:
-    torch.backends.cuda.matmul.allow_tf32 = False  # exact float32 products for the checks
+def measure_rows(dev: torch.device, quick: bool) -> list[dict]:
+    big = ((6, 500, 32), (6, 800, 64)) if quick else ((20, 10_000, 512), (6, 20_000, 512))
+    (m, n, d), (mk, nk, dk) = big
+    sizes = {"linear_cka": (m, n, d), "linear_cka_debiased": (m, n, d),
+             "procrustes_sim": (m, n, d), "procrustes_angular": (m, n, d),
+             "second_order_cosine": (m, n, d), "svcca": (m, n, d), "pwcca": (m, n, d),
+             "rbf_cka": (m, n // 4, d), "knn_jaccard": (mk, nk, dk), "rank_sim": (mk, nk, dk),
+             "joint_rank_jaccard": (mk, nk, dk)}
     rows = []
-    sizes = ((6, 800, 64),) if small else ((10, 5000, 512), (50, 10000, 512))
-    for m, n, d in sizes:
-        feats = _feats(m, n, d, seed=1)
-        t_cpu, ref = _wall(lambda: pairwise("linear_cka", feats), repeat=2)
-        for dt in (torch.float64, torch.float32):
-            t_gpu = _sync_time(lambda: cka_torch(feats, dt), repeat=5)
-            err = float(np.abs(cka_torch(feats, dt) - ref).max())
-            rows.append({"what": f"linear_cka all pairs M={m} N={n} D={d}, torch {dt}",
-                         "gpu_s": t_gpu, "cpu_library_s": t_cpu, "speedup": t_cpu / t_gpu,
-                         "max_abs_diff_vs_library": err, "note": "GPU time includes host->device copy"})
-    sizes = ((4, 800, 64, 10),) if small else ((6, 5000, 512, 10), (6, 20000, 512, 10))
-    for m, n, d, k in sizes:
-        feats = _feats(m, n, d, seed=2, noise=0.7)
-        t_cpu, ref = _wall(lambda: pairwise("knn_jaccard", feats, k=k), repeat=1)
-        t_gpu = _sync_time(lambda: knn_torch(feats, k), repeat=5)
-        err = float(np.abs(knn_torch(feats, k) - ref).max())
-        rows.append({"what": f"knn_jaccard all pairs M={m} N={n} D={d} k={k}, torch float32",
-                     "gpu_s": t_gpu, "cpu_library_s": t_cpu, "speedup": t_cpu / t_gpu,
-                     "max_abs_diff_vs_library": err,
-                     "note": "diff from near-ties ranked differently by GPU vs CPU float32 rounding"})
+    for name, (mm, nn, dd) in sizes.items():
+        feats = features(mm, nn, dd, seed=1)
+        p = KNN if "knn" in name or "rank" in name else {}
+        t0 = time.perf_counter()
+        ref = pairwise(name, feats, **p)
+        t_host = time.perf_counter() - t0
+        t_dev = timed(lambda: pairwise(name, feats, backend="torch", device=str(dev), **p), dev,
+                      repeat=3)
+        got = pairwise(name, feats, backend="torch", device=str(dev), **p)
+        rows.append({"what": f"{name} all pairs M={mm} N={nn} D={dd}", "device_s": t_dev,
+                     "host_numpy_s": t_host, "speedup": t_host / t_dev,
+                     "max_abs_diff_vs_numpy": float(np.abs(got - ref).max()),
+                     "note": "end to end incl. host->device copies and prepare"})
     return rows
 
 
-def _wall(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
-    """(median wall seconds, last result) of fn() on the host."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+def cka_limit_row(dev: torch.device, quick: bool) -> dict:
+    m, n, d = (6, 500, 32) if quick else (50, 10_000, 512)
+    cka = get_measure("linear_cka")
+    states = [cka.prepare(f, backend="torch", device=str(dev)) for f in features(m, n, d, 2)]
+    H = torch.cat([s["X"] for s in states], 1)
+    H2 = H.clone()
+    t_gemm = timed(lambda: H.T @ H2, dev, repeat=5)
+    t_ours = timed(lambda: cka.pairwise_states(states), dev, repeat=5)
+    return {"what": f"linear_cka all pairs from states M={m} N={n} D={d} vs one float32 GEMM",
+            "device_s": t_ours, "gemm_s": t_gemm, "ratio": t_gemm / t_ours,
+            "note": "target <= 0.8x the GEMM (ratio >= 1.25); CKA may use TF32, the GEMM as set"}
+
+
+def zoo_cost_rows(dev: torch.device, quick: bool) -> list[dict]:
+    """Per-model prepare and per-pair compare costs at N = 2,000, D = 256 (the zoo's size)."""
+    m, n, d = (6, 300, 32) if quick else (64, 2000, 256)
+    feats = features(m, n, d, seed=3)
+    rows = []
+    for name in ("linear_cka", "linear_cka_debiased", "procrustes_sim", "knn_jaccard"):
+        meas, p = get_measure(name), KNN if name == "knn_jaccard" else {}
+        states = [meas.prepare(f, backend="torch", device=str(dev), **p) for f in feats]
+        t_prep = timed(lambda: meas.prepare(feats[0], backend="torch", device=str(dev), **p), dev,
+                       repeat=5)
+        pairs = [(i, j) for i in range(m) for j in range(i + 1, m)][:200]
+        t_pairs = timed(lambda: [meas.compare_states(states[i], states[j], **p) for i, j in pairs],
+                        dev, repeat=3)
+        t_block = timed(lambda: meas.pairwise_states(states, **p), dev, repeat=3)
+        rows.append({"what": f"{name} N={n} D={d}", "prepare_per_model_s": t_prep,
+                     "compare_per_pair_s": t_pairs / len(pairs),
+                     "block_per_pair_s": t_block / (m * (m - 1) / 2)})
+    return rows
+
+
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_gpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_gpu",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results_gpu.json")
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only smoke-tests the code")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--device", default="cuda", help="cuda; cpu only checks values, small sizes")
     args = parser.parse_args()
-    global DEV
-    DEV = torch.device(args.device)
-    if DEV.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench_gpu needs a CUDA device")
-    meta = {"device": torch.cuda.get_device_name(0) if DEV.type == "cuda" else platform.processor(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cpu_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu needs a CUDA device (or --device cpu --quick)")
+    meta = {"device": _device_name(dev), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     print(json.dumps(meta), flush=True)
-    out = {"meta": meta, "training": [], "measures": [], "errors": []}
+    out: dict = {"meta": meta, "errors": []}
+    parts = {"measures": lambda: measure_rows(dev, args.quick),
+             "cka_limit": lambda: [cka_limit_row(dev, args.quick)],
+             "zoo_costs": lambda: zoo_cost_rows(dev, args.quick)}
     if not args.skip_training:
+        parts = {"training": lambda: training_rows(dev, batch=32 if args.quick else 512,
+                                                   repeat=2 if args.quick else 10,
+                                                   width=0.25 if args.quick else 1.0),
+                 "train_model": lambda: train_model_rows(dev, epochs=1 if args.quick else 3),
+                 **parts}
+    for key, fn in parts.items():  # one part failing keeps the others' figures
         try:
-            out["training"] = training_rows()
-        except Exception as exc:  # noqa: BLE001 - keep the measures' figures
+            out[key] = fn()
+        except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
-            out["errors"].append(f"training: {type(exc).__name__}: {exc}")
-        for r in out["training"]:
-            print(f"{r['what']}: {r['images_per_s']:.0f} img/s (step {r['step_s'] * 1e3:.1f} ms, "
-                  f"x{r['speedup_vs_fp32']:.2f} vs fp32); standard {r['standard_images_per_s']:.0f} img/s",
-                  flush=True)
-    try:
-        out["measures"] = measure_rows(small=DEV.type == "cpu")
-    except Exception as exc:  # noqa: BLE001
-        traceback.print_exc()
-        out["errors"].append(f"measures: {type(exc).__name__}: {exc}")
-    for r in out["measures"]:
-        print(f"{r['what']}: GPU {r['gpu_s'] * 1e3:.1f} ms vs CPU library {r['cpu_library_s'] * 1e3:.0f} ms "
-              f"(x{r['speedup']:.1f}), max |diff| {r['max_abs_diff_vs_library']:.2e}", flush=True)
+            out["errors"].append(f"{key}: {type(exc).__name__}: {exc}")
+            out[key] = []
+        for r in out[key]:
+            print(json.dumps(r), flush=True)
     with open(args.out, "w") as fh:
         json.dump(out, fh, indent=2)
 

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from analysis.measures import MEASURES, pairwise
 from analysis.measures._linalg import upper_blocks
 from analysis.measures.knn import knn_indices
+from bench._common import interleaved as _interleaved
 
 
 def _time(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -36,21 +37,6 @@ def _time(fn: Callable[[], object], repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def _interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Wall times of each fn per round, the fns run back to back in every round.
-
-    On this shared machine the load changes within seconds; ratios taken within a round (and
-    then their median) are far more stable than ratios of separately taken bests.
-    """
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def _median(xs: list[float]) -> float:

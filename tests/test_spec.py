@@ -168,8 +168,8 @@ def test_cli_user_error_in_a_real_process(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"python -m sweeps: error: {path}: train.epoch: unknown key in 'train' (did you mean "
         f"'epochs'?); allowed: attack_step_rule, attack_step_size, attack_steps, batch_size, "
-        f"checkpoint_every, epochs, keep_checkpoints, lr, lr_gamma, lr_step_size, momentum, "
-        f"optimizer, schedule, weight_decay"]
+        f"checkpoint_every, compile, epochs, keep_checkpoints, lr, lr_gamma, lr_step_size, "
+        f"memory_format, momentum, optimizer, precision, schedule, weight_decay"]
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -39,8 +39,9 @@ from trainables.settings import (Setting, check, choice, integer, markdown_table
 
 __all__ = ["TrainConfig", "SETTINGS", "ATTACK_STEP_RULE", "DATASETS", "GENERATED_DATASETS",
            "LOCAL_DATASETS", "MAX_GENERATED_IMAGES", "THREAT_MODELS", "OPTIMIZERS", "SCHEDULES",
-           "DEVICES", "STEP_RULES", "attack_step_size", "check_set_sizes", "from_spec_sections",
-           "spec_settings", "render_reference"]
+           "DEVICES", "STEP_RULES", "PRECISIONS", "MEMORY_FORMATS", "COMPILE_MODES",
+           "attack_step_size", "check_set_sizes", "from_spec_sections", "spec_settings",
+           "render_reference"]
 
 DATASETS = ("digits", "shapes", "cifar10", "imagefolder")
 # Drawn from fixed seeds: `n_train` / `n_test` set their sizes (null: these defaults, SPEC §11).
@@ -52,6 +53,9 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 STEP_RULES = ("auto", "relative", "absolute")
+PRECISIONS = ("auto", "fp32", "bf16")  # the rules: trainables.precision
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _LINF_EPS = number(0, 1)  # eps (and every extra eval eps) under the linf threat model
 
 
@@ -132,6 +136,18 @@ class TrainConfig:
         None, integer(1, optional=True), "how many of those epoch checkpoints stay in MLflow: "
         "the newest K (null: all); older ones are deleted where the artifact store can delete",
         spec="train.keep_checkpoints", changes_weights=False)
+    # -- compute (the spec's `train:` section; the rules are in trainables.precision)
+    precision: str = setting(
+        "auto", choice(PRECISIONS), "numeric precision of training and the per-epoch "
+        "evaluation: `auto` = bf16 autocast on CUDA, fp32 on the CPU; the final evaluation is "
+        "always fp32", spec="train.precision")
+    memory_format: str = setting(
+        "auto", choice(MEMORY_FORMATS), "image memory layout: `auto` = channels_last for "
+        "convolutional models on CUDA, else contiguous", spec="train.memory_format",
+        changes_weights=False)
+    compile: str = setting(
+        "none", choice(COMPILE_MODES), "`torch.compile` mode of the training forward passes "
+        "(`none`: eager)", spec="train.compile", changes_weights=False)
     # -- evaluation (the spec's `eval:` section, and the eval subset in `dataset:`)
     eval_attack_steps: int = setting(20, integer(1), "PGD steps of the per-epoch robust "
                                      "accuracy (`eval/robust_acc`)", spec="eval.attack_steps",

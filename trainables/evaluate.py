@@ -1,8 +1,10 @@
 """Evaluation during training: clean and PGD robust accuracy on the run's fixed eval subset.
 
-Every epoch: PGD with a random start and `eval_attack_steps` steps (metrics ``eval/*``). After
-the last epoch: multi-restart PGD (`final_eval_steps` steps x `final_eval_restarts` restarts; a
-sample counts only if it survives all; metrics ``final/*``). AutoAttack is not in the lock file,
+Every epoch: PGD with a random start and `eval_attack_steps` steps (metrics ``eval/*``), in the
+run's precision (bf16 autocast where `trainables.precision` says so). After the last epoch:
+multi-restart PGD (`final_eval_steps` steps x `final_eval_restarts` restarts; a sample counts
+only if it survives all; metrics ``final/*``), always in fp32. The eval set is moved to the
+device once per evaluation (resident there during the attack). AutoAttack is not in the lock file,
 so strong multi-restart PGD stands in for it; the numbers are upper bounds on the true robust
 accuracy, like any attack's.
 """
@@ -15,6 +17,7 @@ from trainables.attacks import robust_accuracy
 from trainables.config import TrainConfig
 from trainables.data import DatasetBundle
 from trainables.models import UniModel
+from trainables.precision import autocast
 from trainables.tracking import final_robust_at
 
 __all__ = ["clean_accuracy", "epoch_metrics"]
@@ -32,7 +35,7 @@ def clean_accuracy(model: UniModel, X: torch.Tensor, y: torch.Tensor,
 
 def _evaluate(model: UniModel, bundle: DatasetBundle, cfg: TrainConfig, device: torch.device, *,
               steps: int, restarts: int, prefix: str, seed: int) -> dict[str, float]:
-    X, y = bundle.eval_tensors()
+    X, y = (t.to(device) for t in bundle.eval_tensors())
     gen = torch.Generator().manual_seed(seed)
     clean = clean_accuracy(model, X, y, device)
     out = {f"{prefix}/clean_acc": clean}
@@ -50,11 +53,13 @@ def _evaluate(model: UniModel, bundle: DatasetBundle, cfg: TrainConfig, device: 
 
 
 def epoch_metrics(model: UniModel, bundle: DatasetBundle, cfg: TrainConfig,
-                  device: torch.device, *, epoch: int) -> dict[str, float]:
-    """The evaluation after epoch ``epoch`` (0-based): ``eval/*``, plus ``final/*`` after the
-    last one. Seeded by the run's seed and the epoch, so a resumed run evaluates the same."""
-    out = _evaluate(model, bundle, cfg, device, steps=cfg.eval_attack_steps, restarts=1,
-                    prefix="eval", seed=cfg.seed * 1009 + epoch)
+                  device: torch.device, *, epoch: int, precision: str = "fp32") -> dict[str, float]:
+    """The evaluation after epoch ``epoch`` (0-based): ``eval/*`` in ``precision`` (resolved:
+    ``fp32`` or ``bf16``), plus ``final/*`` (fp32) after the last one. Seeded by the run's seed
+    and the epoch, so a resumed run evaluates the same."""
+    with autocast(precision, device):
+        out = _evaluate(model, bundle, cfg, device, steps=cfg.eval_attack_steps, restarts=1,
+                        prefix="eval", seed=cfg.seed * 1009 + epoch)
     if epoch + 1 == cfg.epochs:
         out.update(_evaluate(model, bundle, cfg, device, steps=cfg.final_eval_steps,
                              restarts=cfg.final_eval_restarts, prefix="final",

@@ -34,6 +34,8 @@ from trainables.device import pick_device
 from trainables.errors import ConfigError, user_errors
 from trainables.evaluate import epoch_metrics
 from trainables.models import UniModel, build_model
+from trainables.precision import (autocast, prepare_model, resolve_memory_format,
+                                  resolve_precision, to_format)
 from trainables.rng import rng_state, seed_everything, set_rng_state
 from trainables.settings import add_arguments
 
@@ -98,28 +100,45 @@ def _batches(bundle: DatasetBundle, cfg: TrainConfig, gen: torch.Generator,
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
-def train_step(model: UniModel, opt: torch.optim.Optimizer, xb: torch.Tensor,
-               yb: torch.Tensor) -> tuple[float, int]:
-    """One optimiser step on a (possibly adversarial) batch: (mean loss, correct predictions)."""
-    logits = model(xb)
-    loss = F.cross_entropy(logits, yb)
+def train_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+               xb: torch.Tensor, yb: torch.Tensor, *, precision: str = "fp32",
+               device: torch.device | None = None) -> tuple[float, int]:
+    """One optimiser step on a (possibly adversarial) batch, the forward pass and loss under
+    ``precision``'s autocast (not the backward): (mean loss, correct predictions)."""
+    with autocast(precision, device):
+        logits = forward(xb)
+        loss = F.cross_entropy(logits, yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return float(loss.detach()), int((logits.argmax(1) == yb).sum())
 
 
+@dataclass(frozen=True)
+class _Compute:
+    """How the loop computes (``trainables.precision``): the callable it runs (the model or its
+    compiled wrapper), the resolved precision and memory format."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    precision: str
+    memory_format: str
+
+
 def _train_epoch(model: UniModel, opt, sched, bundle: DatasetBundle, cfg: TrainConfig,
                  gen: torch.Generator, device: torch.device, step_size: float,
-                 on_batch: Callable[[int], None] | None = None) -> dict:
+                 compute: _Compute, on_batch: Callable[[int], None] | None = None) -> dict:
     """One pass over the training set (PGD examples when eps > 0); the schedule steps after."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for batch, (xb, yb) in enumerate(_batches(bundle, cfg, gen, device), start=1):
+        xb = to_format(xb, compute.memory_format)
         if cfg.eps > 0:
-            xb = pgd(model, xb, yb, norm=cfg.threat_model, eps=cfg.eps, step_size=step_size,
-                     steps=cfg.attack_steps, random_start=True, generator=gen)
-        loss, hits = train_step(model, opt, xb, yb)
+            with autocast(compute.precision, device):  # the attack's forward passes
+                xb = pgd(compute.forward, xb, yb, norm=cfg.threat_model, eps=cfg.eps,
+                         step_size=step_size, steps=cfg.attack_steps, random_start=True,
+                         generator=gen)
+        loss, hits = train_step(compute.forward, opt, xb, yb, precision=compute.precision,
+                                device=device)
         loss_sum += loss * len(yb)
         correct += hits
         seen += len(yb)
@@ -189,6 +208,9 @@ def train_model(cfg: TrainConfig, *, resume_from: str | Path | None = None,
         model, state = _resume_state(cfg, resume_from)
         start, history = int(state["epoch"]), list(state["history"])
     model = model.to(device)
+    fmt = resolve_memory_format(cfg.memory_format, model, device)
+    compute = _Compute(prepare_model(model, memory_format=fmt, compile_mode=cfg.compile),
+                       resolve_precision(cfg.precision, device), fmt)
     opt, sched = _optimizer(cfg, model)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
@@ -203,15 +225,17 @@ def train_model(cfg: TrainConfig, *, resume_from: str | Path | None = None,
     meta = dict(dataset=cfg.dataset, threat_model=cfg.threat_model, eps=cfg.eps, seed=cfg.seed,
                 epoch=start, epochs=cfg.epochs, metrics=history[-1] if history else {},
                 data_hash=bundle.eval_hash, eval_size=len(bundle.eval_indices),
-                config=cfg.to_dict())
+                config=cfg.to_dict(), precision=compute.precision, memory_format=fmt)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         step = None if on_batch is None else (lambda b, e=epoch + 1: on_batch(e, b))
         metrics = {"epoch": epoch + 1,
-                   **_train_epoch(model, opt, sched, bundle, cfg, gen, device, step_size, step)}
+                   **_train_epoch(model, opt, sched, bundle, cfg, gen, device, step_size,
+                                  compute, step)}
         train_s = time.perf_counter() - t0
         metrics["time/epoch_s"] = train_s
-        metrics.update(epoch_metrics(model, bundle, cfg, device, epoch=epoch))
+        metrics.update(epoch_metrics(model, bundle, cfg, device, epoch=epoch,
+                                     precision=compute.precision))
         metrics["time/eval_s"] = time.perf_counter() - t0 - train_s
         metrics["time/train_s"] = train_s + sum(h["time/epoch_s"] for h in history)
         history.append(metrics)

@@ -6,6 +6,10 @@ object refs only. Actors restart on failure (``max_restarts``/``max_task_retries
 actor is gone for good is re-queued, and after two attempts its pairs become error rows. A test
 asserts that its rows equal ``SerialEngine``'s. ``make_engine`` picks one of the two.
 
+GPU actors (``gpus_per_actor`` > 0, fractions allowed: 0.25 packs four actors on one GPU) run
+the torch backend on their GPU: states travel through the object store as numpy arrays and each
+actor keeps the ones it has fetched on its device (``analysis.engine.state_cache``).
+
 Ray is imported inside the methods that use it: the serial path (``actors=0``) and
 ``python -m analysis report`` need none.
 """
@@ -24,12 +28,14 @@ from typing import Any
 import numpy as np
 
 from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink,
-                                     compare_pair, emit_rows, error_text, load_item, measure_arrays,
-                                     prepare_state, result_row)
+                                     compare_pair, emit_rows, engine_backend, error_text,
+                                     load_item, measure_arrays, prepare_state, result_row)
 from analysis.engine.plan import PairTask
 from analysis.engine.serial import SerialEngine
 from analysis.engine.spec import MeasureSpec
-from trainables.errors import ConfigError
+from analysis.engine.state_cache import StateCache
+from analysis.measures import check_backend, get_measure, portable_state
+from trainables.errors import ConfigError, UserError
 
 __all__ = ["RayEngine", "make_engine"]
 
@@ -63,19 +69,37 @@ class _PairWorker:
 
     Args:
         threads: BLAS/OpenMP threads for this actor (its CPU share, at least 1).
+        backend, device: as for ``SerialEngine``; ``cuda`` is the actor's (first) Ray-assigned
+            GPU.
+        cache_bytes: budget of the live states kept on the device (``StateCache``).
+        use_blocks: compare a tile in one vectorised pass where the measure has one on the
+            states' backend (``Measure.cross_block``: the torch backend), else pair by pair.
     """
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, backend: str = "numpy", device: str = "cpu",
+                 cache_bytes: int = 4 * 2**30, use_blocks: bool = True) -> None:
         # the measures are registered: this module imports them through analysis.engine.compare
         self.pid = os.getpid()
         self.threads = _limit_threads(threads)
+        self.backend, self.device = backend, device
+        self.cache = StateCache(device, cache_bytes)
+        self.use_blocks = use_blocks
+        try:
+            check_backend(backend, device)  # this actor has the GPU it was given
+            self.problem = ""
+        except UserError as exc:
+            self.problem = str(exc)
 
-    def ping(self) -> int:
-        """Returns the actor's pid once its imports are done (used to wait for a warm pool)."""
-        return self.pid
+    def ping(self) -> tuple[int, str]:
+        """(pid, problem) once the imports are done (used to wait for a warm pool); problem is
+        why this actor cannot run its backend (no GPU), or empty."""
+        return self.pid, self.problem
 
     def prepare(self, name: str, params: dict, X: np.ndarray, labels: np.ndarray | None):
-        return prepare_state(name, params, X, {} if labels is None else {"labels": labels})
+        backend = engine_backend(name, self.backend, self.device)
+        state = prepare_state(name, params, X, {} if labels is None else {"labels": labels},
+                              backend)
+        return portable_state(state)  # numpy arrays through the object store
 
     def run_tile(self, name: str, params: dict, labels: np.ndarray | None,
                  tasks: list[tuple[int, Any, Any, str, str]]):
@@ -83,14 +107,40 @@ class _PairWorker:
         import ray  # see the module docstring
 
         extra = {} if labels is None else {"labels": labels}
-        refs = list(dict.fromkeys([r for _, a, b, _, _ in tasks for r in (a, b)]))
-        states = dict(zip(refs, ray.get(refs), strict=True))
+        refs = {r.hex(): r for _, a, b, _, _ in tasks for r in (a, b)}
+        states = self.cache.get(f"{name}{sorted(params.items())}", list(refs),
+                                lambda ids: ray.get([refs[i] for i in ids]))
+        out = self._tile_block(name, params, extra, tasks, states) if self.use_blocks else None
+        if out is not None:
+            return self.pid, out
         out = []
         for idx, a, b, ma, mb in tasks:
             t0 = time.perf_counter()
-            value, error = compare_pair(name, params, states[a], states[b], extra, (ma, mb))
+            value, error = compare_pair(name, params, states[a.hex()], states[b.hex()], extra,
+                                        (ma, mb))
             out.append((idx, value, error, time.perf_counter() - t0))
         return self.pid, out
+
+
+    @staticmethod
+    def _tile_block(name: str, params: dict, extra: dict, tasks: list, states: dict):
+        """The tile's results from one ``cross_block`` (rows x cols of the tile), or None."""
+        if any("__error__" in s for s in states.values()):
+            return None  # the pair path writes the error rows
+        rows = list(dict.fromkeys(a.hex() for _, a, _, _, _ in tasks))
+        cols = list(dict.fromkeys(b.hex() for _, _, b, _, _ in tasks))
+        t0 = time.perf_counter()
+        try:
+            mat = get_measure(name).cross_block([states[r] for r in rows],
+                                                [states[c] for c in cols], **params, **extra)
+        except Exception:  # noqa: BLE001 - the pair path records the error
+            return None
+        if mat is None:
+            return None
+        each = (time.perf_counter() - t0) / len(tasks)
+        ri, ci = {r: i for i, r in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
+        return [(idx, float(mat[ri[a.hex()], ci[b.hex()]]), "", each)
+                for idx, a, b, _, _ in tasks]
 
 
 def _tiles(tasks: list[PairTask], target: int) -> list[list[int]]:
@@ -121,6 +171,12 @@ class RayEngine:
         inflight: tiles queued per actor at once.
         threads: BLAS/OpenMP threads per actor (default: its CPU reservation rounded down,
             at least 1), so the pool never runs more compute threads than it reserved.
+        backend, device: ``numpy`` / ``torch`` / ``auto`` on ``cpu`` or ``cuda`` (the actor's
+            GPU; default ``cuda`` when ``gpus_per_actor`` > 0), resolved per measure.
+        use_blocks: a tile of torch states in one ``cross_block`` pass (as ``SerialEngine``'s
+            ``use_blocks``); False: pair by pair, the exact twin of the serial pair path.
+        gpus_per_actor: GPUs each actor reserves (fractions allowed; needs torch or auto).
+        cache_bytes: per actor, the live states kept on its device between tiles.
 
     ``run`` starts the pool and stops it afterwards, unless the pool was started beforehand
     with ``start()`` (or ``with RayEngine(...) as engine:``): then it is reused across runs
@@ -130,14 +186,19 @@ class RayEngine:
 
     def __init__(self, *, actors: int = 2, tile_pairs: int | None = None, max_restarts: int = 4,
                  max_task_retries: int = 4, inflight: int = 2, num_cpus: float | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, backend: str = "numpy", device: str | None = None,
+                 gpus_per_actor: float = 0.0, cache_bytes: int = 4 * 2**30,
+                 use_blocks: bool = True):
         if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
             raise ConfigError(f"actors must be an integer >= 1, got actors={actors!r}")
+        self.backend, self.device, self.gpus = _gpu_backend(backend, device, gpus_per_actor)
+        self.cache_bytes, self.use_blocks = cache_bytes, use_blocks
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ConfigError(f"threads must be an integer >= 1 or None, got threads={threads!r}")
         self.n, self.tile_pairs, self.inflight = actors, tile_pairs, inflight
-        self.max_restarts, self.max_task_retries, self.num_cpus = max_restarts, max_task_retries, num_cpus
+        self.max_restarts, self.max_task_retries = max_restarts, max_task_retries
+        self.num_cpus = num_cpus
         self.threads = threads
         self.actors: list[Any] = []
         self.stats = EngineStats()
@@ -168,16 +229,24 @@ class RayEngine:
         import ray  # see the module docstring
 
         if not ray.is_initialized():
-            raise ConfigError("the Ray engine needs a running Ray (ray.init); use actors=0 for serial")
+            raise ConfigError("the Ray engine needs a running Ray (ray.init); use actors=0 for "
+                              "serial")
         cpus = self.num_cpus
         if cpus is None:
             avail = ray.cluster_resources().get("CPU", 1.0)
             cpus = min(1.0, avail / self.n)
         threads = self.threads or max(1, int(cpus))
-        cls = ray.remote(num_cpus=cpus, max_restarts=self.max_restarts,
+        cls = ray.remote(num_cpus=cpus, num_gpus=self.gpus, max_restarts=self.max_restarts,
                          max_task_retries=self.max_task_retries)(_PairWorker)
-        self.actors = [cls.remote(threads) for _ in range(self.n)]
-        self._pids = dict(enumerate(ray.get([a.ping.remote() for a in self.actors])))
+        self.actors = [cls.remote(threads, self.backend, self.device, self.cache_bytes,
+                                  self.use_blocks) for _ in range(self.n)]
+        answers = ray.get([a.ping.remote() for a in self.actors])
+        self._pids = {i: pid for i, (pid, _) in enumerate(answers)}
+        problems = sorted({p for _, p in answers if p})
+        if problems:
+            self._stop()
+            raise ConfigError(f"the Ray engine's actors cannot run backend={self.backend!r} on "
+                              f"device={self.device!r}: {problems[0]}")
 
     def _stop(self) -> None:
         import ray  # see the module docstring
@@ -201,6 +270,8 @@ class RayEngine:
             done = 0
             for spec, tasks in plan.items():
                 if tasks:
+                    self.stats.backends[str(spec)] = str(
+                        engine_backend(spec.name, self.backend, self.device))
                     t0 = time.perf_counter()
                     done = self._run_spec(spec, tasks, items, extras or {}, sink, progress,
                                           done, total)
@@ -292,10 +363,37 @@ class RayEngine:
         emit_rows(self.stats, rows, sink, progress, done, total)
 
 
-def make_engine(actors: int | None, **kw: Any):
-    """``SerialEngine`` for ``actors`` None/0, else a ``RayEngine`` with that many actors."""
+def _gpu_backend(backend: str, device: str | None, gpus: Any) -> tuple[str, str, float]:
+    """(backend, device, gpus per actor) of a Ray engine, checked against each other."""
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus <= 64:
+        raise ConfigError(f"gpus_per_actor must be a number in [0, 64] (fractions share a GPU), "
+                          f"got gpus_per_actor={gpus!r}")
+    if device is None:
+        device = "cuda" if gpus > 0 else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is not allowed for Ray actors; allowed: cpu, cuda "
+                          "(an actor's GPU is the one Ray assigns it)")
+    if gpus > 0 and backend == "numpy":
+        raise ConfigError(f"gpus_per_actor={gpus!r} needs backend='torch' or 'auto'; the numpy "
+                          "backend runs on the CPU only")
+    check_backend(backend, device, here=False)
+    if device == "cuda" and gpus == 0:
+        raise ConfigError("device='cuda' needs gpus_per_actor > 0: actors without a GPU "
+                          "reservation get no GPU")
+    return backend, device, float(gpus)
+
+
+def make_engine(actors: int | None, *, backend: str = "numpy", device: str | None = None,
+                gpus_per_actor: float = 0.0, **kw: Any):
+    """``SerialEngine`` for ``actors`` None/0, else a ``RayEngine`` with that many actors.
+
+    ``backend`` / ``device`` go to either engine; ``gpus_per_actor`` needs actors.
+    """
     if actors is None or actors == 0:
-        return SerialEngine(**kw)
+        if gpus_per_actor:
+            raise ConfigError(f"gpus_per_actor={gpus_per_actor!r} needs actors >= 1; the serial "
+                              "engine (actors=0) runs in this process, use device='cuda' there")
+        return SerialEngine(backend=backend, device=device, **kw)
     if isinstance(actors, bool) or not isinstance(actors, int) or actors < 0:
         raise ConfigError(f"actors must be an integer >= 0 (0 = serial), got actors={actors!r}")
-    return RayEngine(actors=actors)
+    return RayEngine(actors=actors, backend=backend, device=device, gpus_per_actor=gpus_per_actor)

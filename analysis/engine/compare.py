@@ -5,6 +5,9 @@ Failures never raise here: a failed prepare is a state ``{"__error__": msg}``, a
 an error message, and either becomes a row with ``status="error"`` (STYLE rule 15). The one
 exception is a cached artifacts file that cannot be read: that is no property of the pair but of
 the cache, so ``load_item`` stops the run with a ``DataError`` naming the file.
+
+Both engines take ``backend`` / ``device`` (``analysis.measures._backend``) and resolve them per
+measure with ``engine_backend``: a measure without a torch implementation runs on numpy.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import numpy as np
 
 from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
-from analysis.measures import Measure, MeasureInputError, get_measure
+from analysis.measures import Backend, Measure, MeasureInputError, get_measure, resolve_backend
 from trainables.errors import DataError
 
 __all__ = ["EngineStats", "Rows", "Sink", "Progress", "Items", "Extras", "measure_arrays",
            "load_item", "prepare_state", "compare_pair", "has_block", "result_row", "error_text",
-           "emit_rows"]
+           "emit_rows", "engine_backend"]
 
 Rows = list[dict[str, Any]]
 Sink = Callable[[Rows], None]
@@ -46,6 +49,7 @@ class EngineStats:
     prepare_s: float = 0.0
     compare_s: float = 0.0
     per_measure_s: dict[str, float] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)  # spec -> "numpy" / "torch:cuda"
     restarts: int = 0
     requeued_tiles: int = 0
 
@@ -107,10 +111,19 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def prepare_state(name: str, params: dict, X: np.ndarray, extra: dict) -> dict:
-    """Measure.prepare, with a failure returned as ``{"__error__": msg}`` (never raised)."""
+def engine_backend(name: str, backend: str = "numpy", device: str | None = None) -> Backend:
+    """The backend an engine runs measure ``name`` on (torch asked for a measure without a torch
+    implementation: numpy). Raises ConfigError for an unknown backend or device."""
+    return resolve_backend(get_measure(name), backend, device, fallback=True)
+
+
+def prepare_state(name: str, params: dict, X: np.ndarray, extra: dict,
+                  backend: Backend = Backend("numpy")) -> dict:
+    """Measure.prepare on ``backend``, with a failure returned as ``{"__error__": msg}`` (never
+    raised)."""
     try:
-        return get_measure(name).prepare(np.asarray(X), **params, **extra)
+        return get_measure(name).prepare(np.asarray(X), backend=backend.name,
+                                         device=backend.device, **params, **extra)
     except Exception as exc:  # noqa: BLE001 - becomes error rows of every pair of this item
         return {"__error__": error_text(exc)}
 
@@ -127,9 +140,11 @@ def compare_pair(name: str, params: dict, sa: dict, sb: dict, extra: dict,
         return None, error_text(exc)
 
 
-def has_block(name: str) -> bool:
-    """Whether the measure has a vectorised ``pairwise_block`` (its class overrides ``_block``)."""
-    return type(get_measure(name))._block is not Measure._block
+def has_block(name: str, backend: Backend = Backend("numpy")) -> bool:
+    """Whether the measure has a vectorised ``pairwise_block`` on ``backend`` (its class
+    overrides ``_block``, or ``_block_torch`` for the torch backend)."""
+    hook = "_block_torch" if backend.name == "torch" else "_block"
+    return getattr(type(get_measure(name)), hook) is not getattr(Measure, hook)
 
 
 def emit_rows(stats: EngineStats, rows: Rows, sink: Sink, progress: Progress | None, done: int,

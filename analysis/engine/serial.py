@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator, Mapping
 
 from analysis.engine.compare import (EngineStats, Extras, Items, Progress, Rows, Sink,
-                                     compare_pair, emit_rows, has_block, load_item, measure_arrays,
-                                     prepare_state, result_row)
+                                     compare_pair, emit_rows, engine_backend, has_block,
+                                     load_item, measure_arrays, prepare_state, result_row)
 from analysis.engine.plan import PairTask
 from analysis.engine.spec import MeasureSpec
-from analysis.measures import get_measure
+from analysis.measures import check_backend, get_measure
 
 __all__ = ["SerialEngine"]
 
@@ -29,10 +29,16 @@ class SerialEngine:
     Args:
         use_blocks: use ``pairwise_block`` on shared blocks when the measure has one.
         chunk_s: hand rows to the sink at least this often (seconds) on the pair-by-pair path.
+        backend, device: ``numpy`` / ``torch`` / ``auto`` on ``cpu`` / ``cuda`` / ``cuda:N``
+            (``analysis.measures._backend``), resolved per measure (``engine_backend``); the
+            states of one input array live on that device while its pairs are computed.
     """
 
-    def __init__(self, *, use_blocks: bool = True, chunk_s: float = 2.0):
+    def __init__(self, *, use_blocks: bool = True, chunk_s: float = 2.0, backend: str = "numpy",
+                 device: str | None = None):
         self.use_blocks, self.chunk_s = use_blocks, chunk_s
+        self.backend, self.device = backend, device
+        check_backend(backend, device)  # a bad backend or a missing GPU stops here, not per pair
         self.stats = EngineStats()
 
     def run(self, plan: Mapping[MeasureSpec, list[PairTask]], items: Items, *,
@@ -52,6 +58,8 @@ class SerialEngine:
         done = 0
         for spec, tasks in plan.items():
             t_spec = time.perf_counter()
+            used = engine_backend(spec.name, self.backend, self.device)
+            self.stats.backends[str(spec)] = str(used)
             # group by inputs (a per-model set has one inputs hash per row model): only one
             # group's states live at a time
             groups: dict[str, list[PairTask]] = {}
@@ -71,12 +79,14 @@ class SerialEngine:
         ids = list(dict.fromkeys([t.a for t in group] + [t.b for t in group]))
         t0 = time.perf_counter()
         states, extra = {}, {}
+        backend = engine_backend(spec.name, self.backend, self.device)
         for i in ids:
             X, extra = measure_arrays(spec.name, load_item(items[i]), extras)
-            states[i] = prepare_state(spec.name, spec.kwargs, X, extra)
+            states[i] = prepare_state(spec.name, spec.kwargs, X, extra, backend)
         self.stats.prepare_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if self.use_blocks and group[0].shared and len(ids) > 2 and has_block(spec.name) and \
+        if self.use_blocks and group[0].shared and len(ids) > 2 and \
+                has_block(spec.name, backend) and \
                 not any("__error__" in s for s in states.values()):
             try:
                 mat = get_measure(spec.name).pairwise_block([states[i] for i in ids],

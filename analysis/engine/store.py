@@ -140,7 +140,8 @@ class ResultStore:
         if replace_errors and not old.empty:
             new_keys = set(zip(*(new[k] for k in KEY), strict=True))
             old_keys = list(zip(*(old[k] for k in KEY), strict=True))
-            drop = np.array([(k in new_keys) for k in old_keys]) & old["status"].eq("error").to_numpy()
+            errors = old["status"].eq("error").to_numpy()
+            drop = np.array([(k in new_keys) for k in old_keys]) & errors
             old = old.loc[~drop]
         if not old.empty:
             stored = pd.MultiIndex.from_frame(old[list(KEY)])

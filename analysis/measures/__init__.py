@@ -4,6 +4,7 @@
     compare("linear_cka", A, B)                      # A (N, Da), B (N, Db) float
     pairwise("knn_jaccard", [A, B, C], k=10)         # (3, 3) float64
     compare("error_consistency", ya, yb, labels=y)   # predicted labels (N,) int
+    pairwise("linear_cka", feats, backend="torch", device="cuda")  # float32 on a GPU
 
 See docs/measures.md for the table of measures, their direction, range and invariances; the
 all-pairs engine over many models is ``analysis.engine``.
@@ -13,6 +14,15 @@ from __future__ import annotations
 
 from . import (agreement, cca, cka, divergence, gulp, knn, procrustes, rsa, rtd,  # noqa: F401
                stats, transfer)  # (registers the measures)
+from ._backend import (
+    BACKENDS,
+    Backend,
+    check_backend,
+    is_torch_state,
+    portable_state,
+    resolve_backend,
+    state_to_device,
+)
 from ._base import (
     INVARIANCES,
     MEASURES,
@@ -28,6 +38,13 @@ from ._base import (
 from .agreement import FortBounds, ambiguity, discrepancy, fort_bounds
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
+    "check_backend",
+    "is_torch_state",
+    "portable_state",
+    "resolve_backend",
+    "state_to_device",
     "INVARIANCES",
     "MEASURES",
     "FortBounds",

@@ -1,4 +1,4 @@
-"""Measure registry, calling contract and input validation.
+"""Measure registry and calling contract (the input checks are `_inputs`).
 
 Every similarity / agreement measure is one `Measure` instance in `MEASURES`, keyed by a stable
 string name (it ends up in result tables). A measure compares two inputs over the same N samples
@@ -8,20 +8,31 @@ in three steps, so that all-pairs work touches each model's data once:
     value = measure.compare_states(sa, sb, **params)
     block = measure.pairwise_block(states, **params)  # (M, M) in one vectorised pass, or None
 
-`compare(name, A, B)` and `pairwise(name, items)` are the convenience entry points.
+`compare(name, A, B)` and `pairwise(name, items)` are the convenience entry points. Each takes
+`backend="numpy" | "torch" | "auto"` and `device="cpu" | "cuda" | "cuda:N"` (`_backend`): the
+torch backend's states hold tensors on that device, and compare / block run there.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from trainables.errors import UserError
+from ._backend import is_torch_state, resolve_backend, torch_ops
+from ._inputs import (  # noqa: F401 (Param and its constructors: the measures import them from here)
+    LABELS,
+    MeasureInputError,
+    Param,
+    check_input,
+    check_labels,
+    choice,
+    positive_int,
+    real,
+    to_numpy,
+)
 
 Kind = Literal["representational", "functional"]
 InputKind = Literal["features", "labels", "probs"]
@@ -40,68 +51,6 @@ INVARIANCES = frozenset(
     }
 )
 
-# Probability rows must sum to 1 within this tolerance (float32 softmax over 1000 classes is ~1e-6).
-PROB_SUM_TOL = 1e-3
-
-
-class MeasureInputError(UserError):
-    """Bad input to a measure: wrong shape, dtype, non-finite values, unknown or invalid params."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One declared measure parameter.
-
-    Attributes:
-        default: value used when the caller omits it (None for `labels`, which is then required
-            when `required` is True).
-        allowed: human-readable description of allowed values, used in error messages.
-        check: predicate on a value; False -> MeasureInputError.
-        required: the caller must pass it (only `labels`).
-    """
-
-    default: Any
-    allowed: str
-    check: Callable[[Any], bool]
-    required: bool = False
-
-
-def choice(default: str, *options: str) -> Param:
-    """A closed-set string parameter."""
-    return Param(default, f"one of {list(options)}", lambda v: v in options)
-
-
-def positive_int(default: int) -> Param:
-    return Param(default, "an int >= 1", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1)
-
-
-def real(default: float, *, lo: float, lo_open: bool = False, hi: float = math.inf) -> Param:
-    op = ">" if lo_open else ">="
-
-    def ok(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-            return False
-        v = float(v)
-        return math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
-
-    return Param(default, f"a finite number {op} {lo}" + (f" and <= {hi}" if hi < math.inf else ""), ok)
-
-
-LABELS = Param(None, "a 1-D integer array of ground-truth labels, one per sample", lambda v: True, required=True)
-
-
-def _to_numpy(A: Any) -> np.ndarray:
-    if hasattr(A, "detach"):  # torch.Tensor, without importing torch
-        A = A.detach().cpu().numpy()
-    return np.asarray(A)
-
-
-def _check_finite(X: np.ndarray, what: str) -> None:
-    if not np.isfinite(X).all():
-        bad = int(X.size - np.count_nonzero(np.isfinite(X)))
-        raise MeasureInputError(f"{what} contains {bad} NaN/inf values; measures need finite inputs")
-
-
 class Measure:
     """A registered measure: metadata plus prepare / compare_states / pairwise_block.
 
@@ -117,6 +66,11 @@ class Measure:
 
     #: Smallest N the measure is defined for (debiased HSIC needs 4).
     min_n: int = 2
+
+    #: The torch backend may run this measure's float32 GEMMs on TF32 tensor cores (CUDA only):
+    #: set where the values stay within the backend tolerance under TF32 operand rounding
+    #: (tests/test_measures_backends.py checks it by emulating that rounding on the CPU).
+    tf32: bool = False
 
     #: Smallest N at which a representational measure means something (SPEC §10); families
     #: with their own rule (k-NN, CCA, biased CKA) raise it in ``meaningful_n``.
@@ -164,6 +118,13 @@ class Measure:
     def __repr__(self) -> str:
         return f"<Measure {self.name} ({self.kind}, {self.input})>"
 
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The array libraries that can compute this measure: numpy, and torch where the class
+        defines the torch hooks (`_prepare_torch`, `_compare_torch`, optional `_block_torch`)."""
+        has_torch = type(self)._prepare_torch is not Measure._prepare_torch
+        return ("numpy", "torch") if has_torch else ("numpy",)
+
     # ------------------------------------------------------------------ validation
     def resolve_params(self, params: Mapping[str, Any], n: int | None = None) -> dict[str, Any]:
         """Fill defaults, reject unknown names and invalid values.
@@ -186,7 +147,7 @@ class Measure:
             if key == "labels":
                 if value is None:
                     raise MeasureInputError(f"measure {self.name!r} needs labels=: {spec.allowed}")
-                value = self._validate_labels_param(value, n)
+                value = check_labels(self.name, value, n)
             elif not spec.check(value):
                 raise MeasureInputError(f"measure {self.name!r}: {key}={value!r} is invalid; allowed: {spec.allowed}")
             out[key] = value
@@ -196,56 +157,9 @@ class Measure:
     def _check_params(self, p: dict[str, Any], n: int | None) -> None:
         """Cross-parameter checks that need N (e.g. k < N); subclasses override."""
 
-    def _validate_labels_param(self, y: Any, n: int | None) -> np.ndarray:
-        y = _to_numpy(y)
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise MeasureInputError(
-                f"measure {self.name!r}: labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}"
-            )
-        if n is not None and y.shape[0] != n:
-            raise MeasureInputError(f"measure {self.name!r}: labels has {y.shape[0]} entries but the inputs have N={n}")
-        if y.size and y.min() < 0:
-            raise MeasureInputError(f"measure {self.name!r}: labels must be >= 0, got min {int(y.min())}")
-        return y
-
     def validate(self, A: Any, what: str = "A") -> np.ndarray:
         """Check one input against the declared input kind; returns it as a numpy array (no copy)."""
-        A = _to_numpy(A)
-        if self.input == "features":
-            if A.ndim != 2:
-                raise MeasureInputError(f"{self.name}: {what} must be 2-D features (N, D), got shape {A.shape}")
-            if not np.issubdtype(A.dtype, np.floating):
-                raise MeasureInputError(f"{self.name}: {what} must be a float array (N, D), got dtype {A.dtype}")
-            if A.shape[1] < 1:
-                raise MeasureInputError(f"{self.name}: {what} has no feature columns, shape {A.shape}")
-            _check_finite(A, f"{self.name}: {what}")
-        elif self.input == "labels":
-            if A.ndim != 1 or not np.issubdtype(A.dtype, np.integer):
-                raise MeasureInputError(
-                    f"{self.name}: {what} must be 1-D integer predicted labels (N,), got shape {A.shape} dtype "
-                    f"{A.dtype} (take argmax of probabilities first)"
-                )
-            if A.size and A.min() < 0:
-                raise MeasureInputError(f"{self.name}: {what} labels must be >= 0, got min {int(A.min())}")
-        elif self.input == "probs":
-            if A.ndim != 2 or not np.issubdtype(A.dtype, np.floating):
-                raise MeasureInputError(
-                    f"{self.name}: {what} must be a 2-D float array of probabilities (N, C), got shape {A.shape} "
-                    f"dtype {A.dtype}"
-                )
-            _check_finite(A, f"{self.name}: {what}")
-            row_sums = A.sum(axis=1, dtype=np.float64)
-            if A.size and (A.min() < 0 or np.abs(row_sums - 1.0).max() > PROB_SUM_TOL):
-                raise MeasureInputError(
-                    f"{self.name}: {what} rows must be probabilities (>= 0, summing to 1 within {PROB_SUM_TOL}); "
-                    f"got min {float(A.min()):.3g}, row sums in [{row_sums.min():.4g}, {row_sums.max():.4g}] "
-                    "-- pass softmax(logits), not logits"
-                )
-        else:  # pragma: no cover - closed set, guarded at registration
-            raise AssertionError(f"unknown input kind {self.input!r}")
-        if A.shape[0] < self.min_n:
-            raise MeasureInputError(f"{self.name}: {what} has N={A.shape[0]} samples; needs at least {self.min_n}")
-        return A
+        return check_input(self.name, self.input, self.min_n, A, what)
 
     def meaningful_n(self, p: Mapping[str, Any], dims: Sequence[int] = ()) -> tuple[int, str]:
         """The smallest N at which the measure's value means something, and the rule behind it.
@@ -284,19 +198,30 @@ class Measure:
         return f"{self.name}({','.join(parts)})"
 
     # ------------------------------------------------------------------ public contract
-    def prepare(self, A: Any, **params: Any) -> dict[str, Any]:
+    def prepare(self, A: Any, *, backend: str = "numpy", device: str | None = None,
+                **params: Any) -> dict[str, Any]:
         """Validate one input and compute its per-model state.
 
         Args:
             A: features (N, D) float, labels (N,) int or probs (N, C) float, per `self.input`.
+            backend: `numpy`, `torch` or `auto` (`analysis.measures._backend`).
+            device: `cpu` (default), `cuda` or `cuda:N`; CUDA needs the torch backend.
             **params: the measure's parameters (see `self.params`).
 
         Returns:
-            Picklable dict of numpy arrays and scalars; always holds `n` and `key`.
+            Picklable dict; always holds `n` and `key`. Numpy states hold numpy arrays and
+            scalars; torch states (`backend: "torch"`) hold tensors on the device.
         """
         A = self.validate(A)
         p = self.resolve_params(params, A.shape[0])
-        state = self._prepare(A, p)
+        chosen = resolve_backend(self, backend, device)
+        if chosen.name == "torch":
+            dev = torch_ops().device(chosen.device)
+            with torch_ops().matmul(dev, tf32=self.tf32):
+                state = self._prepare_torch(A, p, dev)
+            state["backend"] = "torch"
+        else:
+            state = self._prepare(A, p)
         state["n"] = int(A.shape[0])
         state["key"] = self._state_key(p)
         return state
@@ -311,12 +236,19 @@ class Measure:
         ns = sorted({int(s["n"]) for s in states})
         if len(ns) > 1:
             raise MeasureInputError(f"{self.name}: inputs have different numbers of samples N: {ns}; rows must align")
+        kinds = sorted({str(s.get("backend", "numpy")) for s in states})
+        if len(kinds) > 1:
+            raise MeasureInputError(f"{self.name}: states were prepared by different backends {kinds}; "
+                                    "prepare every input with the same backend")
 
     def compare_states(self, sa: Mapping[str, Any], sb: Mapping[str, Any], **params: Any) -> float:
         """Value of the measure from two prepared states (same params as at prepare time)."""
         p = self.resolve_params(params, int(sa.get("n", 0)) or None)
         self._check_states([sa, sb], p)
-        return float(self._compare(sa, sb, p))
+        if not is_torch_state(sa):
+            return float(self._compare(sa, sb, p))
+        with torch_ops().matmul(sa, tf32=self.tf32):
+            return float(self._compare_torch(sa, sb, p))
 
     def pairwise_block(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray | None:
         """All (M, M) values in one vectorised pass, or None where the math gives no shortcut."""
@@ -324,7 +256,23 @@ class Measure:
             return np.zeros((0, 0))
         p = self.resolve_params(params, int(states[0].get("n", 0)) or None)
         self._check_states(states, p)
-        block = self._block(states, p)
+        if is_torch_state(states[0]):
+            with torch_ops().matmul(states[0], tf32=self.tf32):
+                block = self._block_torch(states, p)
+        else:
+            block = self._block(states, p)
+        return None if block is None else np.asarray(block, dtype=np.float64)
+
+    def cross_block(self, states_a: Sequence[Mapping[str, Any]], states_b: Sequence[Mapping[str, Any]],
+                    **params: Any) -> np.ndarray | None:
+        """(len(a), len(b)) values measure(a_i, b_j) in one vectorised pass (a tile of the pair
+        list on a Ray actor), or None where there is none (numpy states: always None)."""
+        if not states_a or not states_b or not is_torch_state(states_a[0]):
+            return None
+        p = self.resolve_params(params, int(states_a[0].get("n", 0)) or None)
+        self._check_states([*states_a, *states_b], p)
+        with torch_ops().matmul(states_a[0], tf32=self.tf32):
+            block = self._cross_torch(states_a, states_b, p)
         return None if block is None else np.asarray(block, dtype=np.float64)
 
     def pairwise_states(self, states: Sequence[Mapping[str, Any]], **params: Any) -> np.ndarray:
@@ -345,9 +293,10 @@ class Measure:
                     out[j, i] = out[i, j]
         return out
 
-    def compare(self, A: Any, B: Any, *, allow_small_n: bool = False, **params: Any) -> float:
-        """measure(A, B) for two inputs over the same N samples (N below ``meaningful_n`` is
-        refused unless ``allow_small_n``)."""
+    def compare(self, A: Any, B: Any, *, backend: str = "numpy", device: str | None = None,
+                allow_small_n: bool = False, **params: Any) -> float:
+        """measure(A, B) for two inputs over the same N samples (backend, device: `prepare`;
+        N below ``meaningful_n`` is refused unless ``allow_small_n``)."""
         A = self.validate(A, "A")
         B = self.validate(B, "B")
         if A.shape[0] != B.shape[0]:
@@ -357,7 +306,8 @@ class Measure:
         if not allow_small_n:
             dims = (A.shape[1], B.shape[1]) if self.input == "features" else ()
             self.check_small_n(A.shape[0], self.resolve_params(params, A.shape[0]), dims)
-        return self.compare_states(self.prepare(A, **params), self.prepare(B, **params), **params)
+        on = dict(backend=backend, device=device)
+        return self.compare_states(self.prepare(A, **on, **params), self.prepare(B, **on, **params), **params)
 
     # ------------------------------------------------------------------ subclass hooks
     def _prepare(self, X: np.ndarray, p: dict[str, Any]) -> dict[str, Any]:
@@ -367,6 +317,20 @@ class Measure:
         raise NotImplementedError
 
     def _block(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        return None
+
+    # torch backend hooks (see `backends`); `dev` is a torch.device, the states hold tensors
+    def _prepare_torch(self, X: np.ndarray, p: dict[str, Any], dev: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _compare_torch(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    def _block_torch(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        return None
+
+    def _cross_torch(self, sa: Sequence[Mapping[str, Any]], sb: Sequence[Mapping[str, Any]],
+                     p: dict[str, Any]) -> np.ndarray | None:
         return None
 
 
@@ -397,17 +361,21 @@ def get_measure(name: str) -> Measure:
         raise MeasureInputError(f"unknown measure {name!r}; known: {sorted(MEASURES)}") from None
 
 
-def compare(name: str, A: Any, B: Any, *, allow_small_n: bool = False, **params: Any) -> float:
+def compare(name: str, A: Any, B: Any, *, backend: str = "numpy", device: str | None = None,
+            allow_small_n: bool = False, **params: Any) -> float:
     """Value of measure `name` between A and B (see `Measure.compare`)."""
-    return get_measure(name).compare(A, B, allow_small_n=allow_small_n, **params)
+    return get_measure(name).compare(A, B, backend=backend, device=device,
+                                     allow_small_n=allow_small_n, **params)
 
 
-def pairwise(name: str, items: Sequence[Any], *, allow_small_n: bool = False, **params: Any) -> np.ndarray:
+def pairwise(name: str, items: Sequence[Any], *, backend: str = "numpy", device: str | None = None,
+             allow_small_n: bool = False, **params: Any) -> np.ndarray:
     """(M, M) matrix of measure `name` over M inputs; each input is prepared once.
 
     Args:
         name: registered measure name.
         items: M inputs of the measure's input kind, all with the same N.
+        backend: `numpy`, `torch` or `auto`; device: `cpu`, `cuda` or `cuda:N` (`Measure.prepare`).
         allow_small_n: compute even when N is below the measure's ``meaningful_n`` (for the
             widest two inputs).
         **params: measure parameters.
@@ -417,12 +385,12 @@ def pairwise(name: str, items: Sequence[Any], *, allow_small_n: bool = False, **
     """
     measure = get_measure(name)
     items = list(items)
-    ns = sorted({int(_to_numpy(x).shape[0]) if _to_numpy(x).ndim else -1 for x in items})
+    ns = sorted({int(to_numpy(x).shape[0]) if to_numpy(x).ndim else -1 for x in items})
     if len(ns) > 1:
         raise MeasureInputError(f"{name}: items have different numbers of samples N: {ns}; rows must align")
-    states = [measure.prepare(x, **params) for x in items]
+    states = [measure.prepare(x, backend=backend, device=device, **params) for x in items]
     if states and not allow_small_n:
-        dims = sorted(_to_numpy(x).shape[1] for x in items)[-2:] if measure.input == "features" else ()
+        dims = sorted(to_numpy(x).shape[1] for x in items)[-2:] if measure.input == "features" else ()
         measure.check_small_n(states[0]["n"], measure.resolve_params(params, states[0]["n"]), dims)
     return measure.pairwise_states(states, **params)
 

@@ -8,15 +8,17 @@ an N x N computation within a memory budget.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from ._base import MeasureInputError
+from ._backend import torch_ops
+from ._inputs import MeasureInputError
+from ._blocks import CROSS_BYTES, upper_slabs
 
 #: Working-memory budget (bytes) for one chunk of an N x N computation or one stacked Gram block.
 CHUNK_BYTES = 64 * 2**20
 GRAM_STACK_BYTES = 1 * 2**30
-CROSS_BYTES = 512 * 2**20
 
 
 def centred(X: np.ndarray, *, name: str, center: bool = True) -> np.ndarray:
@@ -35,6 +37,17 @@ def centred(X: np.ndarray, *, name: str, center: bool = True) -> np.ndarray:
     else:
         Xc = np.array(X, dtype=np.float64, copy=True)
     if not np.any(Xc):
+        raise MeasureInputError(f"{name}: the representation is constant across samples (zero after centring)")
+    return Xc
+
+
+def centred_tensor(X: np.ndarray, dev: Any, *, name: str, center: bool = True,
+                   dtype: Any = None) -> Any:
+    """The torch backend's `centred`: a tensor on ``dev`` (float32 unless ``dtype``), centred
+    in float64; refuses an all-constant input like `centred`."""
+    T = torch_ops()
+    Xc = T.centred(T.tensor(X, dev), center=center, dtype=dtype or T.WORK)
+    if not bool(Xc.any()):
         raise MeasureInputError(f"{name}: the representation is constant across samples (zero after centring)")
     return Xc
 
@@ -62,11 +75,9 @@ def row_normalised(X: np.ndarray) -> np.ndarray:
 def upper_blocks(mats: Sequence[np.ndarray], *, strict: bool = False) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (i, j, X_i^T X_j) for all i <= j (i < j when strict), in a few large GEMMs.
 
-    The models are split recursively into halves L | R: the L x R cross blocks come from one GEMM
-    of the stacked L features with the stacked R features (in row slabs of at most
-    CROSS_BYTES of output), then L and R recurse. The total work is the upper triangle (about
-    half) of the GEMM of the hstacked features with itself, done in large, efficient GEMMs;
-    strict skips the diagonal blocks (callers that already hold them from `prepare`).
+    The GEMMs are those of `_blocks.upper_slabs` (the upper half of the GEMM of the hstacked
+    features with itself, in large pieces); strict skips the diagonal blocks (callers that
+    already hold them from `prepare`).
 
     Args:
         mats: M arrays (N, D_m) float64 with the same N.
@@ -75,38 +86,12 @@ def upper_blocks(mats: Sequence[np.ndarray], *, strict: bool = False) -> Iterato
     Yields:
         (i, j, C) with C of shape (D_i, D_j).
     """
-    widths = [m.shape[1] for m in mats]
-    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
-    # (sum D, N), C-order: the rows of any contiguous range of models are one contiguous slab.
-    stacked_t = np.concatenate([m.T for m in mats], axis=0)
-
-    def rec(lo: int, hi: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        if hi - lo == 1:
-            if not strict:
-                yield lo, lo, mats[lo].T @ mats[lo]
-            return
-        mid = (lo + hi) // 2
-        right = stacked_t[offsets[mid] : offsets[hi]]  # (sum D_R, N)
-        width = right.shape[0]
-        i = lo
-        while i < mid:  # slabs of left models so the cross output stays within CROSS_BYTES
-            j, rows = i + 1, widths[i]
-            while j < mid and (rows + widths[j]) * width * 8 <= CROSS_BYTES:
-                rows += widths[j]
-                j += 1
-            cross = stacked_t[offsets[i] : offsets[j]] @ right.T  # (sum D_slab, sum D_R)
-            for a in range(i, j):
-                for b in range(mid, hi):
-                    yield a, b, cross[
-                        offsets[a] - offsets[i] : offsets[a + 1] - offsets[i],
-                        offsets[b] - offsets[mid] : offsets[b + 1] - offsets[mid],
-                    ]
-            i = j
-        yield from rec(lo, mid)
-        yield from rec(mid, hi)
-
-    if mats:
-        yield from rec(0, len(mats))
+    offsets = np.concatenate([[0], np.cumsum([m.shape[1] for m in mats])]).astype(int)
+    for a0, a1, b0, b1, cross in upper_slabs(mats, strict=strict, cross_bytes=CROSS_BYTES):
+        for a in range(a0, a1):
+            for b in range(b0, b1):
+                yield a, b, cross[offsets[a] - offsets[a0]: offsets[a + 1] - offsets[a0],
+                                  offsets[b] - offsets[b0]: offsets[b + 1] - offsets[b0]]
 
 
 def gram_stack_inner(grams: Sequence[np.ndarray]) -> np.ndarray | None:

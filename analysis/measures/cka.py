@@ -11,13 +11,15 @@ block row of X_i^T [X_i..X_M] or with one GEMM of the stacked flattened Grams, c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ._backend import is_torch_state, torch_ops
 from ._base import Measure, MeasureInputError, real, register_measure
-from ._linalg import centred, gram_stack_inner, sq_distances, upper_blocks
+from ._linalg import GRAM_STACK_BYTES, centred, centred_tensor, gram_stack_inner, sq_distances, upper_blocks
 from ._presets import REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
 GRAM_PENALTY = 8.0
@@ -48,6 +50,25 @@ def u_centre(K: np.ndarray) -> np.ndarray:
 
 def _cka_from_hsic(hab: np.ndarray | float, haa: np.ndarray | float, hbb: np.ndarray | float) -> Any:
     return hab / np.sqrt(haa * hbb)
+
+
+@dataclass(frozen=True)
+class _Ops:
+    """The two array-library primitives HSIC needs: a float64 Frobenius inner product and
+    U-centring (numpy for numpy states, `_torch` for torch states)."""
+
+    fro: Callable[[Any, Any], float]
+    u_centre: Callable[[Any], Any]
+
+
+_NUMPY_OPS = _Ops(lambda a, b: float(np.einsum("ij,ij->", a, b)), u_centre)
+
+
+def _ops(state: Mapping[str, Any]) -> _Ops:
+    if is_torch_state(state):
+        T = torch_ops()
+        return _Ops(T.fro_inner, T.u_centre)
+    return _NUMPY_OPS
 
 
 _LINEAR = dict(
@@ -83,6 +104,8 @@ class LinearCKA(Measure):
     which equals <U(XX^T), U(YY^T)>. The debiased value can be slightly negative.
     """
 
+    tf32 = True  # TF32-rounded operands move the values by ~1e-6 (tests/test_measures_backends.py)
+
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.debiased = self.variant == "debiased"
@@ -112,44 +135,63 @@ class LinearCKA(Measure):
             raise MeasureInputError(f"{self.name}: degenerate representation (self-HSIC {state['self']:.3g} <= 0)")
         return state
 
-    def _gram(self, s: Mapping[str, Any]) -> np.ndarray:
+    def _gram(self, s: Mapping[str, Any]) -> Any:
         if s["form"] == "gram":
             return s["K"]
         K = s["X"] @ s["X"].T
-        return u_centre(K) if self.debiased else K
+        return _ops(s).u_centre(K) if self.debiased else K
 
     def _hsic(self, sa: Mapping[str, Any], sb: Mapping[str, Any], n: int) -> float:
-        """Unnormalised HSIC (biased: <K, L>; debiased: <U(K), U(L)>)."""
+        """Unnormalised HSIC (biased: <K, L>; debiased: <U(K), U(L)>), on either backend."""
+        fro = _ops(sa).fro
         if sa["form"] == "feat" and sb["form"] == "feat":
             cross = sa["X"].T @ sb["X"]
-            h = float(np.einsum("ij,ij->", cross, cross))
+            h = fro(cross, cross)
             if self.debiased:
                 h += sa["t"] * sb["t"] / ((n - 1) * (n - 2)) - n / (n - 2) * float(sa["d"] @ sb["d"])
             return h
         if sa["form"] == "gram" and sb["form"] == "gram":
-            return float(np.einsum("ij,ij->", sa["K"], sb["K"]))
+            return fro(sa["K"], sb["K"])
         gram_s, feat_s = (sa, sb) if sa["form"] == "gram" else (sb, sa)
         if self.debiased:  # U-centring is not a projection of X, so build the other Gram
-            return float(np.einsum("ij,ij->", gram_s["K"], self._gram(feat_s)))
+            return fro(gram_s["K"], self._gram(feat_s))
         X = feat_s["X"]
-        return float(np.einsum("ij,ij->", gram_s["K"] @ X, X))  # tr(X^T K X), O(N^2 D)
+        return fro(gram_s["K"] @ X, X)  # tr(X^T K X), O(N^2 D)
 
     def _compare(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
         return _cka_from_hsic(self._hsic(sa, sb, int(sa["n"])), sa["self"], sb["self"])
 
-    def _block(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+    _compare_torch = _compare  # `_hsic` picks the primitives by the states' backend
+
+    def _use_gram(self, states: Sequence[Mapping[str, Any]]) -> bool:
+        """All pairs through the stacked Grams (else the feature-space blocks), by flop count."""
         m, n = len(states), int(states[0]["n"])
+        if not all(s["form"] == "feat" for s in states):
+            return True
+        total_d = sum(s["X"].shape[1] for s in states)
+        cost_feat = n * total_d**2 / 2
+        cost_gram = n * n * total_d + m * m * n * n / 2
+        # Gram builds are thin GEMMs (inner dimension D) that run several times below peak
+        # flop rate, so the Gram form must win by a wide flop margin (measured, 16 cores).
+        return GRAM_PENALTY * cost_gram < cost_feat and m * n * n * 8 <= 2**30
+
+    def _debias_block(self, inner: Any, states: Sequence[Mapping[str, Any]], stack: Callable,
+                      others: Sequence[Mapping[str, Any]] | None = None) -> Any:
+        """Add the debiased HSIC's correction terms to the (M, M') ||X_i^T Y_j||^2 block of
+        ``states`` against ``others`` (default: themselves)."""
+        n = int(states[0]["n"])
+        d = stack([s["d"] for s in states])  # (M, N) float64
+        t = np.array([s["t"] for s in states])
+        if others is None:
+            return inner + (np.outer(t, t) / ((n - 1) * (n - 2)) - n / (n - 2) * np.asarray(d @ d.T))
+        d2 = stack([s["d"] for s in others])
+        t2 = np.array([s["t"] for s in others])
+        return inner + (np.outer(t, t2) / ((n - 1) * (n - 2)) - n / (n - 2) * np.asarray(d @ d2.T))
+
+    def _block(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        m = len(states)
         self_h = np.array([s["self"] for s in states])
-        feats = all(s["form"] == "feat" for s in states)
-        if feats:
-            total_d = sum(s["X"].shape[1] for s in states)
-            cost_feat = n * total_d**2 / 2
-            cost_gram = n * n * total_d + m * m * n * n / 2
-            # Gram builds are thin GEMMs (inner dimension D) that run several times below peak
-            # flop rate, so the Gram form must win by a wide flop margin (measured, 16 cores).
-            use_gram = GRAM_PENALTY * cost_gram < cost_feat and m * n * n * 8 <= 2**30
-        else:
-            use_gram = True
+        use_gram = self._use_gram(states)
         if use_gram:
             inner = gram_stack_inner([self._gram(s) for s in states])
             if inner is None:
@@ -159,11 +201,58 @@ class LinearCKA(Measure):
             for i, j, cross in upper_blocks([s["X"] for s in states], strict=True):
                 inner[i, j] = inner[j, i] = np.einsum("ij,ij->", cross, cross)
             if self.debiased:
-                d = np.stack([s["d"] for s in states])  # (M, N)
-                t = np.array([s["t"] for s in states])
-                inner += np.outer(t, t) / ((n - 1) * (n - 2)) - n / (n - 2) * (d @ d.T)
+                inner = self._debias_block(inner, states, np.stack)
             np.fill_diagonal(inner, self_h)  # diagonal blocks were computed once, in prepare
         return _cka_from_hsic(inner, self_h[:, None], self_h[None, :])
+
+    # ------------------------------------------------------------------ torch backend
+    def _prepare_torch(self, X: np.ndarray, p: dict[str, Any], dev: Any) -> dict[str, Any]:
+        T = torch_ops()
+        Xc = centred_tensor(X, dev, name=self.name)
+        n, d = Xc.shape
+        if d <= n:
+            state: dict[str, Any] = {"form": "feat", "X": Xc, "backend": "torch"}
+            if self.debiased:
+                rows = (Xc.to(T.F64) ** 2).sum(1)  # float64 squared row norms
+                state.update(d=rows, t=float(rows.sum()))
+        else:
+            K = Xc @ Xc.T
+            state = {"form": "gram", "K": T.u_centre(K) if self.debiased else K, "backend": "torch"}
+        state["self"] = float(self._hsic(state, state, n))
+        if not state["self"] > 0:
+            raise MeasureInputError(f"{self.name}: degenerate representation (self-HSIC {state['self']:.3g} <= 0)")
+        return state
+
+    def _block_torch(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        """`_block` on tensors: the upper-half GEMM slabs with the block Frobenius sums taken per
+        slab in one reduction (`_torch.upper_sq_sums`), or the stacked Grams in float64."""
+        T = torch_ops()
+        m, n = len(states), int(states[0]["n"])
+        self_h = np.array([s["self"] for s in states])
+        if self._use_gram(states):
+            if m * n * n * 8 > GRAM_STACK_BYTES:
+                return None
+            inner = T.to_numpy(T.gram_inner([self._gram(s) for s in states]))
+        else:
+            inner = T.upper_sq_sums([s["X"] for s in states])
+            if self.debiased:
+                inner = self._debias_block(inner, states, lambda v: np.stack([T.to_numpy(x) for x in v]))
+        # the diagonal as prepare computed it: a feature-form state's float32 Gram would give
+        # its self-HSIC again only to float32 precision
+        np.fill_diagonal(inner, self_h)
+        return _cka_from_hsic(inner, self_h[:, None], self_h[None, :])
+
+    def _cross_torch(self, sa: Sequence[Mapping[str, Any]], sb: Sequence[Mapping[str, Any]],
+                     p: dict[str, Any]) -> np.ndarray | None:
+        """A tile of pairs (feature-form states): one stacked GEMM per slab of ``sa``."""
+        if any(s["form"] != "feat" for s in (*sa, *sb)):
+            return None
+        T = torch_ops()
+        inner = T.cross_sq_sums([s["X"] for s in sa], [s["X"] for s in sb])
+        if self.debiased:
+            inner = self._debias_block(inner, sa, lambda v: np.stack([T.to_numpy(x) for x in v]), sb)
+        ha, hb = np.array([s["self"] for s in sa]), np.array([s["self"] for s in sb])
+        return _cka_from_hsic(inner, ha[:, None], hb[None, :])
 
 
 @register_measure(
@@ -204,3 +293,24 @@ class RbfCKA(Measure):
             return None
         h = np.array([s["self"] for s in states])
         return _cka_from_hsic(inner, h[:, None], h[None, :])
+
+    # ------------------------------------------------------------------ torch backend
+    def _prepare_torch(self, X: np.ndarray, p: dict[str, Any], dev: Any) -> dict[str, Any]:
+        T = torch_ops()
+        sq = T.sq_distances(centred_tensor(X, dev, name=self.name))  # float32 (N, N)
+        median = float(np.sqrt(T.median_upper(sq)))
+        if median <= 0:
+            raise MeasureInputError(f"{self.name}: median pairwise distance is 0 (most samples identical)")
+        K = T.double_centre((sq / (-2.0 * (p["sigma"] * median) ** 2)).exp_())  # H K H
+        return {"K": K, "self": T.fro_inner(K, K)}
+
+    def _compare_torch(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
+        return _cka_from_hsic(torch_ops().fro_inner(sa["K"], sb["K"]), sa["self"], sb["self"])
+
+    def _block_torch(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        n = int(states[0]["n"])
+        if len(states) * n * n * 8 > GRAM_STACK_BYTES:
+            return None
+        T = torch_ops()
+        h = np.array([s["self"] for s in states])
+        return _cka_from_hsic(T.to_numpy(T.gram_inner([s["K"] for s in states])), h[:, None], h[None, :])

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import torch_ops
 from ._base import Measure, MeasureInputError, Param, choice, positive_int, register_measure
-from ._linalg import CHUNK_BYTES, centred, row_normalised
+from ._linalg import CHUNK_BYTES, centred, centred_tensor, row_normalised
 from ._presets import REPRESENTATIONAL, ROTATION_INVARIANT, SIMILARITY
 
 
@@ -154,13 +155,50 @@ class KnnOverlap(Measure):
         return {"idx": knn_indices(X, k=p["k"], metric=p["metric"], center=p["center"], name=self.name)}
 
     def _compare(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
-        k = p["k"]
         inter, rank_sum = neighbour_overlap(sa["idx"], sb["idx"], ranks=self.variant != "jaccard")
+        return float(self._score(inter, rank_sum, p["k"]))
+
+    def _score(self, inter: np.ndarray, rank_sum: np.ndarray | None, k: int) -> np.ndarray:
+        """The measure from per-sample overlaps (..., N): the mean over the last axis."""
         jaccard = inter / (2 * k - inter)
         if self.variant == "jaccard":
-            return float(jaccard.mean())
+            return jaccard.mean(axis=-1)
         harmonic = np.concatenate([[1.0], np.cumsum(1.0 / np.arange(1, k + 1))])  # H_0 unused (rank_sum 0)
         rank = rank_sum / harmonic[inter]
         if self.variant == "rank":
-            return float(rank.mean())
-        return float((jaccard * rank).mean())
+            return rank.mean(axis=-1)
+        return (jaccard * rank).mean(axis=-1)
+
+    # ------------------------------------------------------------------ torch backend
+    def _prepare_torch(self, X: np.ndarray, p: dict[str, Any], dev: Any) -> dict[str, Any]:
+        T = torch_ops()
+        Xc = centred_tensor(X, dev, name=self.name, center=p["center"], dtype=T.F64)
+        work = T.WORK if X.dtype == np.float32 else T.F64  # rank in the input's precision, as numpy
+        return {"idx": T.knn_indices(Xc, k=p["k"], metric=p["metric"], work=work)}
+
+    def _compare_torch(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
+        return float(self._block_row(sa["idx"], sb["idx"][None], p["k"])[0])
+
+    def _block_row(self, a: Any, batch: Any, k: int) -> np.ndarray:
+        """Values of neighbour lists ``a`` (N, k) against a batch (b, N, k): (b,) float64."""
+        T = torch_ops()
+        inter, rank_sum = T.neighbour_overlap(a, batch, ranks=self.variant != "jaccard")
+        return self._score(T.to_numpy(inter), None if rank_sum is None else T.to_numpy(rank_sum), k)
+
+    def _block_torch(self, states: Sequence[Mapping[str, Any]], p: dict[str, Any]) -> np.ndarray | None:
+        """All pairs, one batched sort per model and batch of partners (no per-pair loop)."""
+        idx = [s["idx"] for s in states]
+        out = np.empty((len(idx), len(idx)))
+        for i in range(len(idx)):
+            for j0, batch in torch_ops().overlap_batches(idx, i):
+                out[i, j0: j0 + len(batch)] = out[j0: j0 + len(batch), i] = self._block_row(idx[i], batch, p["k"])
+        return out
+
+    def _cross_torch(self, sa: Sequence[Mapping[str, Any]], sb: Sequence[Mapping[str, Any]],
+                     p: dict[str, Any]) -> np.ndarray | None:
+        idx_b = [s["idx"] for s in sb]
+        out = np.empty((len(sa), len(sb)))
+        for i, s in enumerate(sa):
+            for j0, batch in torch_ops().overlap_batches(idx_b, 0):
+                out[i, j0: j0 + len(batch)] = self._block_row(s["idx"], batch, p["k"])
+        return out

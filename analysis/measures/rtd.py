@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import torch_ops
 from ._base import Measure, MeasureInputError, Param, positive_int, register_measure
-from ._linalg import centred, sq_distances
+from ._linalg import centred, centred_tensor, sq_distances
 from ._presets import DISTANCE, REPRESENTATIONAL, ROTATION_INVARIANT
 
 
@@ -89,14 +90,33 @@ class RTD(Measure):
         mats = []
         for rows in idx:  # loop over the few subsamples, not over samples
             r = np.sqrt(sq_distances(Xc[rows]))
-            q = np.quantile(r, 0.9)
-            if q <= 0:
-                raise MeasureInputError(f"{self.name}: 0.9-quantile of distances is 0 (most samples identical)")
-            mats.append(r / q)
+            mats.append(r / self._scale(float(np.quantile(r, 0.9))))
         return {"R": np.stack(mats)}  # (T, s, s)
+
+    def _scale(self, q: float) -> float:
+        if q <= 0:
+            raise MeasureInputError(f"{self.name}: 0.9-quantile of distances is 0 (most samples identical)")
+        return q
+
+    # ------------------------------------------------------------------ torch backend
+    # The distance matrices on the device (float64); the barcodes stay on the CPU (ripser), so
+    # the state is numpy and pairs compare as on the numpy backend.
+    def _prepare_torch(self, X: np.ndarray, p: dict[str, Any], dev: Any) -> dict[str, Any]:
+        T = torch_ops()
+        Xc = centred_tensor(X, dev, name=self.name, dtype=T.F64)
+        idx = subsample_indices(
+            Xc.shape[0], n_subsamples=p["n_subsamples"], subsample_size=p["subsample_size"], seed=p["seed"]
+        )
+        mats = []
+        for rows in idx:
+            r = T.sq_distances(Xc[T.tensor(rows, Xc.device)]).sqrt()
+            mats.append(T.to_numpy(r) / self._scale(T.quantile(r, 0.9)))
+        return {"R": np.stack(mats)}
 
     def _compare(self, sa: Mapping[str, Any], sb: Mapping[str, Any], p: dict[str, Any]) -> float:
         values = [
             0.5 * (cross_barcode_length(ra, rb) + cross_barcode_length(rb, ra)) for ra, rb in zip(sa["R"], sb["R"])
         ]
         return float(np.mean(values))
+
+    _compare_torch = _compare  # torch states hold the numpy distance matrices
