@@ -72,7 +72,8 @@ def _measures(values: list[str] | None) -> list[str] | None:
 
 def _run(args) -> None:
     from analysis.inputs import parse_epochs  # see the module docstring
-    from analysis.pipeline import run_analysis, run_report
+    from analysis.pipeline import run_analysis
+    from analysis.reporting import run_report
 
     epochs = None if args.epochs is None else parse_epochs(args.epochs)
     progress = _Progress()
@@ -98,7 +99,7 @@ def _run(args) -> None:
 
 
 def _report(args) -> None:
-    from analysis.pipeline import run_report  # see the module docstring
+    from analysis.reporting import run_report  # see the module docstring
 
     html = run_report(args.sweep, tracking_uri=args.tracking_uri)
     print(f"report: {html}")
