@@ -82,10 +82,11 @@ def _measures(values: list[str] | None) -> list[str] | None:
 
 def _run(args) -> None:
     from analysis.inputs import parse_epochs  # see the module docstring
-    from analysis.pipeline import run_analysis, run_report
+    from analysis.pipeline import run_analysis
+    from analysis.reporting import run_report
 
     epochs = None if args.epochs is None else parse_epochs(args.epochs)
-    progress = _Progress()
+    progress = _Progress(sys.stdout)  # stderr holds only the one-line error, if any
     res = run_analysis(args.sweep, tracking_uri=args.tracking_uri,
                        measures=_measures(args.measures), actors=args.actors,
                        input_sets=[s.strip() for s in args.input_sets.split(",") if s.strip()],
@@ -109,7 +110,7 @@ def _run(args) -> None:
 
 
 def _report(args) -> None:
-    from analysis.pipeline import run_report  # see the module docstring
+    from analysis.reporting import run_report  # see the module docstring
 
     html = run_report(args.sweep, tracking_uri=args.tracking_uri)
     print(f"report: {html}")
@@ -125,7 +126,7 @@ def _reproduce(args) -> None:
         md = run_reproduction(args.sweep, tracking_uri=args.tracking_uri,
                               data_root=args.data_root, eval_size=args.eval_size,
                               data_seed=args.data_seed, max_train=args.max_train,
-                              use_ray=args.ray, progress=_Progress())
+                              use_ray=args.ray, progress=_Progress(sys.stdout))
     finally:
         if started:
             import ray  # ensure_ray started it, so it is imported already

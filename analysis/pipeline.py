@@ -1,4 +1,4 @@
-"""``run_analysis`` / ``run_report``: the analysis of one sweep, end to end (used by the CLI and
+"""``run_analysis``: the analysis of one sweep, end to end (used by the CLI and
 by ``sweeps``' demo). The pieces are ``analysis.inputs`` (models, eval sets, input sets,
 extraction) and ``analysis.engine`` (measure specs, pair planning, engines, the result store).
 
@@ -54,11 +54,10 @@ from analysis.inputs import (
     trial_run_of,
 )
 from analysis.measures import MEASURES, MeasureInputError, get_measure
-from analysis.report import build_report
 from trainables import tracking as tr
-from trainables.errors import ConfigError, DataError, UserError
+from trainables.errors import ConfigError, UserError
 
-__all__ = ["AnalysisResult", "run_analysis", "run_report", "report_dir", "check_specs_fit",
+__all__ = ["AnalysisResult", "run_analysis", "analysis_run", "report_dir", "check_specs_fit",
            "check_table_belongs", "ensure_ray", "inputs_extras"]
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def ensure_ray(actors: int) -> bool:
     return True
 
 
-def _analysis_run(client, sweep: str, experiment_id: str) -> str:
+def analysis_run(client, sweep: str, experiment_id: str) -> str:
     """The sweep's analysis run (reused across re-runs), child of the sweep's parent run."""
     return tr.sweep_child_run(client, experiment_id, sweep=sweep, role="analysis")
 
@@ -375,7 +374,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def _log_analysis(uri: str, disc: Discovery, result: AnalysisResult, specs, input_sets,
                   actors: int, engine: Mapping[str, Any] | None = None) -> str:
     client = tr.make_client(uri)
-    run_id = _analysis_run(client, disc.sweep, disc.experiment_id)
+    run_id = analysis_run(client, disc.sweep, disc.experiment_id)
     params = {"measures": ",".join(str(s) for s in specs), "input_sets": ",".join(input_sets),
               "actors": str(actors), **{k: str(v) for k, v in (engine or {}).items()}}
     from mlflow.entities import Metric, Param  # mlflow only when logging (log_mlflow=True)
@@ -399,69 +398,3 @@ def _log_analysis(uri: str, disc: Discovery, result: AnalysisResult, specs, inpu
     tr.with_retries(client.log_artifact, run_id, str(d / "cache" / "manifest.json"), "cache")
     tr.with_retries(client.set_terminated, run_id, "FINISHED")
     return run_id
-
-
-def _check_report_inputs(out_dir: Path, sweep: str):
-    """The files the report reads are there, readable and of one sweep (checked before the
-    report writes anything); returns the result table."""
-    pairs = ResultStore(out_dir / "pairs.parquet").load()
-    models_path = out_dir / "models.parquet"
-    if not models_path.is_file():
-        raise UserError(f"{models_path} is missing (the analysis writes it next to "
-                        f"pairs.parquet); run `python -m analysis run {sweep}` again to rewrite it")
-    try:
-        models = pd.read_parquet(models_path, columns=["run_id"])
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"{models_path}: not a readable models table ({exc}); run "
-                        f"`python -m analysis run {sweep}` again to rewrite it") from exc
-    skipped_path = out_dir / "skipped.json"
-    try:
-        skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{skipped_path}: not valid JSON ({exc}); run `python -m analysis run "
-                        f"{sweep}` again to rewrite it") from exc
-    check_table_belongs(pairs, out_dir / "pairs.parquet", sweep,
-                        set(models["run_id"]) | set(skipped))
-    return pairs
-
-
-def run_report(sweep: str, *, home: str | os.PathLike | None = None,
-               tracking_uri: str | None = None, log_mlflow: bool = True,
-               seed: int = 0) -> Path:
-    """Build the report of an analysed sweep from its table + run metadata; returns the HTML.
-
-    Raises:
-        UserError: the sweep has not been analysed yet (no ``pairs.parquet``), its files are
-            missing or unreadable, or the table holds models of another sweep.
-    """
-    out_dir = report_dir(sweep, home)
-    if not (out_dir / "pairs.parquet").exists():
-        raise UserError(f"no analysis of sweep {sweep!r} at {out_dir}/pairs.parquet; "
-                        f"run `python -m analysis run {sweep}` first")
-    pairs = _check_report_inputs(out_dir, sweep)
-    client = exp = None
-    if log_mlflow:
-        client = tr.make_client(tr.resolve_tracking_uri(tracking_uri, home))
-        exp = tr.with_retries(client.get_experiment_by_name, sweep)
-    if exp is not None:  # the table's models must be this sweep's trial runs in this store
-        trials = tr.search_sweep_runs(client, exp.experiment_id, sweep=sweep, role="trial")
-        check_table_belongs(pairs, out_dir / "pairs.parquet", sweep,
-                            {r.info.run_id for r in trials})
-    html = build_report(out_dir, sweep=sweep, seed=seed)
-    if exp is not None:
-        run_id = _analysis_run(client, sweep, exp.experiment_id)
-        for path in sorted(out_dir.glob("report/*")):
-            tr.with_retries(client.log_artifact, run_id, str(path), "report")
-        tr.with_retries(client.set_terminated, run_id, "FINISHED")
-        _note_report(client, exp, sweep, html)
-    return html
-
-
-def _note_report(client, exp, sweep: str, html: Path) -> None:
-    """Say in the sweep's description (experiment and parent run) where its report now is."""
-    parent = tr.find_sweep_run(client, exp.experiment_id, sweep)
-    note = (parent.data.tags if parent else exp.tags).get(tr.TAG_NOTE, "")
-    line = (f"{tr.REPORT_MARK} `{html}` (built {time.strftime('%Y-%m-%d %H:%M')}); also the "
-            f"artifact `report/index.html` of the run `{sweep}-analysis`.")
-    tr.set_description(client, exp.experiment_id, parent.info.run_id if parent else None,
-                       tr.with_report_line(note, line))

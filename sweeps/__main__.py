@@ -262,7 +262,8 @@ def _analyse(spec: SweepSpec) -> None:
     when it names ``inverted``), the HTML report, the reproduction report."""
     # analysis (numpy, scipy, matplotlib, the measures) loads only when the demo gets this far
     from analysis.engine import DEMO_MEASURES
-    from analysis.pipeline import report_dir, run_analysis, run_report
+    from analysis.pipeline import report_dir, run_analysis
+    from analysis.reporting import run_report
     from analysis.progress import ProgressLine
     from analysis.reproduction import run_reproduction
 

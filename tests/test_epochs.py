@@ -15,7 +15,8 @@ import torch
 from analysis.__main__ import main
 from analysis.engine import ResultStore
 from analysis.inputs import at_epochs, discover_models, load_eval_sets, load_model, parse_epochs
-from analysis.pipeline import run_analysis, run_report
+from analysis.pipeline import run_analysis
+from analysis.reporting import run_report
 from trainables import tracking as tr
 from trainables.errors import ConfigError
 

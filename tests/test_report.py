@@ -12,7 +12,8 @@ import pytest
 from test_analysis_models import build_sweep
 
 from analysis.__main__ import main
-from analysis.pipeline import run_analysis, run_report
+from analysis.pipeline import run_analysis
+from analysis.reporting import run_report
 from analysis.report import screenshot
 from analysis.engine import KEY, ResultStore
 from trainables import tracking as tr

@@ -14,17 +14,18 @@ from test_analysis_models import build_sweep
 from trainables import tracking as tr
 from trainables.config import TrainConfig
 from trainables.errors import ConfigError
+from trainables.trial import undertrained_tags
 
 
 def test_tags_say_whether_the_final_clean_accuracy_reaches_the_threshold():
-    assert tr.undertrained_tags(0.62, None) == {}  # the check is off by default
-    low = tr.undertrained_tags(0.62, 0.85)
+    assert undertrained_tags(0.62, None) == {}  # the check is off by default
+    low = undertrained_tags(0.62, 0.85)
     assert low == {tr.TAG_UNDERTRAINED: "true",
                    tr.TAG_UNDERTRAINED_WHY: "final clean accuracy 0.6200 < eval.min_clean_acc 0.85"}
-    ok = tr.undertrained_tags(0.85, 0.85)
+    ok = undertrained_tags(0.85, 0.85)
     assert ok[tr.TAG_UNDERTRAINED] == "false" and ">= eval.min_clean_acc 0.85" in ok[
         tr.TAG_UNDERTRAINED_WHY]
-    assert tr.undertrained_tags(None, 0.5)[tr.TAG_UNDERTRAINED] == "true"
+    assert undertrained_tags(None, 0.5)[tr.TAG_UNDERTRAINED] == "true"
 
 
 def test_the_threshold_is_a_declared_eval_setting():
@@ -48,9 +49,9 @@ def test_an_undertrained_trial_is_skipped_with_its_reason(tmp_path, monkeypatch)
     weak = ids["mlp-e0.1-s0"]
     clean = client.get_run(weak).data.metrics[tr.METRIC_FINAL_CLEAN_ACC]
     # What run_trial sets before the run is FINISHED (a threshold above what 1 epoch reaches).
-    for name, value in tr.undertrained_tags(clean, min(1.0, clean + 0.01)).items():
+    for name, value in undertrained_tags(clean, min(1.0, clean + 0.01)).items():
         client.set_tag(weak, name, value)
-    for name, value in tr.undertrained_tags(0.99, 0.5).items():  # checked, and passed
+    for name, value in undertrained_tags(0.99, 0.5).items():  # checked, and passed
         client.set_tag(ids["mlp-e0-s0"], name, value)
 
     disc = discover_models("weak", tracking_uri=store["tracking_uri"])

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TAG_SWEEP", "TAG_TRIAL_ID", "TAG_CELL", "TAG_ARCH", "TAG_WIDTH", "TAG_EPS", "TAG_SEED",
     "TAG_THREAT_MODEL", "TAG_DATASET", "TAG_ROLE", "TAG_PARENT", "TAG_UNDERTRAINED",
-    "TAG_UNDERTRAINED_WHY", "undertrained_tags",
+    "TAG_UNDERTRAINED_WHY",
     "METRIC_TRAIN_LOSS", "METRIC_TRAIN_ACC", "METRIC_CLEAN_ACC", "METRIC_ROBUST_ACC",
     "METRIC_EPOCH", "METRIC_EPOCH_TIME", "METRIC_FINAL_CLEAN_ACC", "METRIC_FINAL_ROBUST_ACC",
     "METRIC_TOTAL_TIME", "ARTIFACT_CHECKPOINT", "ARTIFACT_EPOCH_CHECKPOINTS",
@@ -72,29 +72,6 @@ METRIC_FINAL_CLEAN_ACC = "final/clean_acc"
 METRIC_FINAL_ROBUST_ACC = "final/robust_acc"
 METRIC_TOTAL_TIME = "time/train_s"  # sum of epoch times, restarts excluded
 
-
-
-def undertrained_tags(clean_acc: float | None, min_clean_acc: float | None) -> dict[str, str]:
-    """The tags saying whether a finished trial is under-trained (``eval.min_clean_acc``).
-
-    Args:
-        clean_acc: the trial's final clean accuracy in [0, 1] (None: not measured).
-        min_clean_acc: the declared threshold; None: no check, no tags.
-
-    Returns:
-        ``{TAG_UNDERTRAINED: "true"|"false", TAG_UNDERTRAINED_WHY: "final clean accuracy
-        0.6200 < eval.min_clean_acc 0.85"}`` (``>=`` when it passes), or ``{}``.
-    """
-    if min_clean_acc is None:
-        return {}
-    if clean_acc is None:
-        return {TAG_UNDERTRAINED: "true",
-                TAG_UNDERTRAINED_WHY: f"no final clean accuracy logged (eval.min_clean_acc "
-                                      f"{min_clean_acc:g})"}
-    low = clean_acc < min_clean_acc
-    return {TAG_UNDERTRAINED: "true" if low else "false",
-            TAG_UNDERTRAINED_WHY: f"final clean accuracy {clean_acc:.4f} {'<' if low else '>='} "
-                                  f"eval.min_clean_acc {min_clean_acc:g}"}
 
 
 # A trial's final checkpoint (model.safetensors + meta.json) lives under this artifact path,

@@ -59,7 +59,7 @@ from ray import tune
 from trainables import tracking as tr
 from trainables.config import TrainConfig, from_spec_sections
 
-__all__ = ["run_trial", "train_config_dict", "cell_key", "cell_tuple"]
+__all__ = ["run_trial", "train_config_dict", "cell_key", "cell_tuple", "undertrained_tags"]
 
 log = logging.getLogger(__name__)
 _CHECKPOINT_FILES = ("model.safetensors", "meta.json")
@@ -78,6 +78,29 @@ def cell_key(config: dict[str, Any]) -> str:
     """``<arch>[-w<width>]_<threat>_eps<eps>_seed<seed>``; matches `sweeps.grid.Cell.key`."""
     arch, width, threat, eps, seed = cell_tuple(config)
     return f"{tr.arch_label(arch, width)}_{threat}_eps{tr.format_eps(eps)}_seed{seed}"
+
+
+def undertrained_tags(clean_acc: float | None, min_clean_acc: float | None) -> dict[str, str]:
+    """The tags saying whether a finished trial is under-trained (``eval.min_clean_acc``).
+
+    Args:
+        clean_acc: the trial's final clean accuracy in [0, 1] (None: not measured).
+        min_clean_acc: the declared threshold; None: no check, no tags.
+
+    Returns:
+        ``{tr.TAG_UNDERTRAINED: "true"|"false", tr.TAG_UNDERTRAINED_WHY: "final clean accuracy
+        0.6200 < eval.min_clean_acc 0.85"}`` (``>=`` when it passes), or ``{}``.
+    """
+    if min_clean_acc is None:
+        return {}
+    if clean_acc is None:
+        return {tr.TAG_UNDERTRAINED: "true",
+                tr.TAG_UNDERTRAINED_WHY: f"no final clean accuracy logged (eval.min_clean_acc "
+                                      f"{min_clean_acc:g})"}
+    low = clean_acc < min_clean_acc
+    return {tr.TAG_UNDERTRAINED: "true" if low else "false",
+            tr.TAG_UNDERTRAINED_WHY: f"final clean accuracy {clean_acc:.4f} {'<' if low else '>='} "
+                                  f"eval.min_clean_acc {min_clean_acc:g}"}
 
 
 def train_config_dict(config: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +277,7 @@ def run_trial(config: dict[str, Any]) -> None:
             result = train_model(cfg, resume_from=resume, report=report,
                                  on_batch=_progress_writer(config.get("_fault"), trial_id=trial_id))
         # Before the run is FINISHED: the analysis must never see an unflagged weak model.
-        flags = tr.undertrained_tags(result.metrics.get(tr.METRIC_FINAL_CLEAN_ACC),
+        flags = undertrained_tags(result.metrics.get(tr.METRIC_FINAL_CLEAN_ACC),
                                      cfg.min_clean_acc)
         for name, value in flags.items():
             tr.with_retries(client.set_tag, run_id, name, value)
