@@ -371,8 +371,9 @@ CASES = [
                    "--measures", "procrustes_sim"),
          ("_penultimate.npz", "cannot read cached model artifacts", "allowed", "delete"),
          home="badcache"),
-    # `--epoch` beyond the epochs trained (issue 15a's option) is not in this catalogue yet: the
-    # option does not exist on this branch (docs/reliability.md, "Not covered").
+    Case("analyze-epoch-beyond-training", "analysis",
+         _analysis("run", SWEEP, "--actors", "0", "--tracking-uri", "{uri}", "--epoch", "99"),
+         ("epoch 99 is not available", SWEEP, "checkpoints of epochs", "allowed")),
     # -- single training runs (python -m trainables.train) --
     Case("train-arch-unknown", "train", _train("--arch", "nope"), ("arch", "nope", "mlp")),
     Case("train-dataset-unknown", "train", _train("--dataset", "svhn"),
