@@ -209,7 +209,7 @@ def run_job(job: dict, a: argparse.Namespace) -> dict:
     tkey = _train_key(job, a)
     path = cache / f"model_{tkey}.pt"
     if path.exists():
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
         model = build_model(job["arch"], num_classes=10, in_channels=3, image_size=32,
                             width=job["width"], mean=shapes.MEAN, std=shapes.STD)
         model.load_state_dict(saved["state"])
@@ -228,7 +228,7 @@ def run_job(job: dict, a: argparse.Namespace) -> dict:
             model, xte[:a.eval_n], yte[:a.eval_n], norm="linf", eps=8 / 255, steps=a.eval_steps,
             restarts=1, generator=gen))
         evals[ekey] = {"clean": clean, "robust": rob, "times": times["eval"]}
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
         saved["evals"] = evals
         torch.save(saved, path)
     times["eval"] = evals[ekey]["times"]
@@ -237,7 +237,7 @@ def run_job(job: dict, a: argparse.Namespace) -> dict:
     for iters in [int(i) for i in a.inv_iters.split(",")]:
         ipath = cache / f"inv_{tkey}_{iters}_{a.per_class}_{a.n_test}.pt"
         if ipath.exists():
-            inv = torch.load(ipath, weights_only=False)
+            inv = torch.load(ipath, weights_only=True)
         else:
             cfg = InversionConfig(iterations=iters, batch_size=len(targets))
             res = timed(f"invert{iters}", invert, model, xte, seed_idx=seeds, target_idx=targets,
