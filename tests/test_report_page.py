@@ -18,7 +18,7 @@ import pytest
 from analysis.inputs import load_eval_set, pair_seeds_and_targets
 from analysis.report import build_report, dump_dom, screenshot
 from analysis.report.figures import panel_title
-from analysis.report.tables import measure_info
+from analysis.report.tables import eps_text, measure_info, names
 from analysis.reproduction.document import to_html
 from analysis.reproduction.stats import Estimate
 from analysis.reproduction.study import TargetResult
@@ -261,3 +261,13 @@ def test_reproduction_md_and_page_details_come_from_one_document(full):
     assert md.endswith(rest) and "Verdicts:" not in rest
     rows = [line for line in rest.splitlines() if line.startswith("| ")]
     assert len(re.findall(r"<tr[ >]", details)) == len(rows) > len(RESULTS)
+
+
+def test_eps_reads_as_k_over_255_only_where_the_decimal_is_noise():
+    assert [eps_text(e) for e in (0, 0.1, 0.2, 0.5, 1.0, 3.0, 0.25)] == \
+        ["0", "0.1", "0.2", "0.5", "1", "3", "0.25"]
+    assert [eps_text(k / 255) for k in (2, 4, 8, 16)] == ["2/255", "4/255", "8/255", "16/255"]
+    assert eps_text(0.0314) == "0.0314" and eps_text(0.031372) == "0.031372"  # not k/255
+    models = pd.DataFrame({"run_id": ["a", "b"], "arch": ["resnet18", "vgg11_bn"],
+                           "width": [0.125, 0.25], "eps": [0.0, 8 / 255], "seed": [0, 1]})
+    assert names(models).to_dict() == {"a": "resnet18 ε0 s0", "b": "vgg11_bn ε8/255 s1"}

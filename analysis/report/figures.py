@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.report.tables import measure_info, measure_order  # noqa: E402
+from analysis.report.tables import eps_text, measure_info, measure_order  # noqa: E402
 
 __all__ = ["DPI", "save", "panel_title", "Series", "ARCH_SERIES", "small_multiples", "heatmap",
            "groups_plot", "fort_plot"]
@@ -126,7 +126,7 @@ def small_multiples(table: pd.DataFrame, *, x: str, series: str, title: str, pat
               sub["ci_hi"].to_numpy(float), measure)
         ax.set_title(textwrap.fill(panel_title(measure, params), 38), fontsize=9)
         ax.set_ylabel(measure_info(measure).axis, fontsize=8)
-        ax.set_xticks(xs, cats if cats else [f"{v:g}" for v in xs], fontsize=8,
+        ax.set_xticks(xs, cats if cats else [eps_text(v) for v in xs], fontsize=8,
                       rotation=20 if cats else 0)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(alpha=0.25)
@@ -174,7 +174,10 @@ def heatmap(rows: pd.DataFrame, order: pd.DataFrame, *, title: str, path: Path,
 
 
 def _category(r) -> str:
-    eps = _SHORT_GROUP.get(r.eps_group, r.eps_group.replace("robust-robust eps=", "rob ε"))
+    group = str(r.eps_group)
+    eps = _SHORT_GROUP.get(group) or (
+        f"rob ε{eps_text(float(group.split('=', 1)[1]))}" if group.startswith("robust-robust eps=")
+        else group)
     return f"{eps}\n{_SHORT_ARCH.get(r.arch_group, r.arch_group)}"
 
 
@@ -226,7 +229,7 @@ def fort_plot(fort: pd.DataFrame, *, title: str, path: Path) -> Path:
     ax1.plot(by.index, by["fort_upper"], "--", color="#2a9d3a", label="Fort: minimum disagreement")
     ax1.plot(by.index, by["fort_lower"], "--", color="#c0392b", label="Fort: independent errors")
     ax1.set_ylim(*_zoom([same["value"], by["fort_upper"], by["fort_lower"]]))
-    ax1.set_xticks(by.index, [f"{v:g}" for v in by.index])
+    ax1.set_xticks(by.index, [eps_text(v) for v in by.index])
     ax1.set_xlabel("training eps (both models)")
     ax1.set_ylabel("agreement (clean inputs)")
     ax1.legend(fontsize=8)

@@ -28,7 +28,7 @@ from analysis.inputs import ModelRef, load_eval_sets, pair_seeds_and_targets
 from analysis.report.figures import ARCH_SERIES, save, small_multiples
 from analysis.report.markup import figure, note, section
 from analysis.report.markup import table as markup_table
-from analysis.report.tables import KIND, group_interval, interval_text, measure_info
+from analysis.report.tables import KIND, eps_text, group_interval, interval_text, measure_info
 from analysis.reproduction.study import INVERSION_NOT_DISCRIMINATIVE
 from trainables.errors import UserError
 
@@ -44,7 +44,7 @@ IMAGE_EXAMPLES = 8
 
 
 def _side(eps: float) -> str:
-    return "standard" if eps == 0 else f"robust ε{eps:g}"
+    return "standard" if eps == 0 else f"robust ε{eps_text(eps)}"
 
 
 def direction_groups(rows: pd.DataFrame) -> pd.DataFrame:

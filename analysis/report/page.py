@@ -31,6 +31,7 @@ from analysis.report import inversion as inv
 from analysis.report.markup import CSS, figure, grid, note, section, table
 from analysis.report.tables import (
     annotate,
+    eps_text,
     final_ids,
     fort_reference,
     interval_text,
@@ -138,11 +139,11 @@ def _verdicts(d: _Data) -> str:
         stale = (f" It is older than `pairs.parquet`: rerun `make reproduce SWEEP={d.sweep}` for "
                  "verdicts on the current table.")
     blocks = [b for g in d.repro["groups"] for b in verdict_table(g)]
+    link = "<a href='#details'>reproduction details</a>"
     return (to_html(blocks) + note(
         f"From `reproduction.json` ({when}): reasons and estimates in the reproduction details "
         f"below and in `reproduction.md`; {100 * LEVEL:.0f}% leave-one-architecture-out "
-        f"jackknife intervals (SPEC §10).{stale}").replace("reproduction details", "<a href='#details'>reproduction "
-                                       "details</a>", 1))
+        f"jackknife intervals (SPEC §10).{stale}").replace("reproduction details", link, 1))
 
 
 def _answer(d: _Data, vs_eps: pd.DataFrame) -> str:
@@ -150,8 +151,9 @@ def _answer(d: _Data, vs_eps: pd.DataFrame) -> str:
     figs = []
     for dataset, iset in _sets(vs_eps):
         sub = vs_eps[(vs_eps["dataset"] == dataset) & (vs_eps["input_set"] == iset)]
+        png = d.rdir / f"vs_eps_{_tag(dataset, iset)}.png"
         path = fg.small_multiples(
-            sub, x="pair_eps", series="arch_group", path=d.rdir / f"vs_eps_{_tag(dataset, iset)}.png",
+            sub, x="pair_eps", series="arch_group", path=png,
             xlabel="training eps (both models)",
             title=f"Similarity and agreement vs eps, {iset} inputs ({dataset}): mean over "
                   f"same-eps pairs, {100 * LEVEL:.0f}% interval")
@@ -241,7 +243,7 @@ def _details(d: _Data) -> str:
 def _appendix(d: _Data) -> str:
     """The models, the skipped runs and the failed comparisons."""
     m = d.models.sort_values(["eps", "arch", "seed"])
-    rows = [(r.name, r.arch, f"{r.width:g}", r.dataset, r.threat_model, f"{r.eps:g}", r.seed,
+    rows = [(r.name, r.arch, f"{r.width:g}", r.dataset, r.threat_model, eps_text(r.eps), r.seed,
              "" if pd.isna(r.clean_acc) else f"{r.clean_acc:.4f}",
              "" if pd.isna(r.robust_acc) else f"{r.robust_acc:.4f}", r.run_id)
             for r in m.itertuples(index=False)]

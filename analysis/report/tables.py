@@ -19,7 +19,17 @@ from trainables.tracking import arch_label
 
 __all__ = ["GROUP_KEYS", "KIND", "MeasureInfo", "measure_info", "measure_order", "names",
            "annotate", "final_ids", "ordered_pairs", "group_interval", "summarise",
-           "fort_reference", "interval_text"]
+           "fort_reference", "interval_text", "eps_text"]
+
+def eps_text(eps: float) -> str:
+    """An epsilon for a reader: ``0.1``, ``0.5``, ``3``; a long decimal that is k/255 of the pixel
+    range as ``8/255`` (the L-inf convention; ``0.0313725`` reads as noise)."""
+    txt = f"{float(eps):g}"
+    k = float(eps) * 255
+    if len(txt) > 5 and round(k) > 0 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return txt
+
 
 GROUP_KEYS = ["dataset", "input_set", "measure", "params", "eps_group", "arch_group"]
 #: Pair kind of each arch group for the intervals: pairs of different architectures are the
@@ -86,7 +96,7 @@ def names(models: pd.DataFrame) -> pd.Series:
 
     def one(r) -> str:
         arch = arch_label(r.arch, r.width) if widths.get(r.arch, 1) > 1 else r.arch
-        return f"{arch} ε{float(r.eps):g} s{int(r.seed)}"
+        return f"{arch} ε{eps_text(r.eps)} s{int(r.seed)}"
 
     return pd.Series([one(r) for r in models.itertuples(index=False)], index=models["run_id"],
                      dtype=object)
